@@ -1,0 +1,93 @@
+"""`testlab job ...`: submit, follow, cancel and restart jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from testlab.cli.context import current_user, database, settings
+from testlab.cli.output import print_json, print_table, styled
+from testlab.domain.jobfile import parse_job
+from testlab.domain.statuses import TaskStatus
+from testlab.services.jobs import cancel_job, get_job, restart_job, submit_job
+from testlab.services.views import job_view, list_jobs
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(job)
+
+
+@click.group()
+def job() -> None:
+    """Jobs: steps of tasks, each task on one VM."""
+
+
+@job.command("submit")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--priority", type=int, help="Override the file's priority (lower runs first).")
+def job_submit(file: Path, priority: int | None) -> None:
+    """Submit the job defined in FILE; prints its id."""
+    definition = parse_job(file)
+    current = settings()
+    with database(current) as session:
+        job_id = submit_job(session, current, definition, owner=current_user(), priority=priority)
+    click.echo(job_id)
+
+
+@job.command("list")
+@click.option("--status", type=click.Choice(sorted(TaskStatus.ALL)), help="Only jobs in this status.")
+@click.option("--limit", type=int, default=None, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
+    with database() as session:
+        jobs = list_jobs(session, status, limit)
+    if as_json:
+        print_json(jobs)
+        return
+    print_table(
+        None,
+        ["id", "name", "owner", "prio", "status", "submitted", "ended"],
+        [(j["id"], j["name"], j["owner"], j["priority"], styled(j["status"]), j["submitted"], j["ended"])
+         for j in jobs],
+    )
+
+
+@job.command("show")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def job_show(job_id: int, as_json: bool) -> None:
+    with database() as session:
+        view = job_view(session, get_job(session, job_id))
+    if as_json:
+        print_json(view)
+        return
+    print_table(
+        f"job {view['id']} {view['name']}: {view['status']} (priority {view['priority']}, by {view['owner']})",
+        ["step", "task", "vm", "status", "tries", "exit", "detail"],
+        [
+            (step["name"], task["number"], task["vm"], styled(task["status"]), task["tries"], task["exit_code"],
+             task["detail"])
+            for step in view["steps"]
+            for task in step["tasks"]
+        ],
+    )
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+def job_cancel(job_id: int) -> None:
+    """Cancel a job: queued tasks are skipped, running ones are killed."""
+    with database() as session:
+        row = cancel_job(session, job_id)
+        click.echo(f"job {job_id}: cancel requested ({row.status})")
+
+
+@job.command("restart")
+@click.argument("job_id", type=int)
+def job_restart(job_id: int) -> None:
+    """Run an ended job again from scratch."""
+    current = settings()
+    with database(current) as session:
+        restart_job(session, current, job_id)
+    click.echo(f"job {job_id} requeued")

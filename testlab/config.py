@@ -1,0 +1,37 @@
+"""Settings from the environment, with the embedded defaults (SQLite in the data directory).
+
+TESTLAB_HOME  data directory (default ./.testlab): database, job files, logs, artifacts, local VMs.
+TESTLAB_DB    SQLAlchemy URL (default sqlite:///$TESTLAB_HOME/testlab.db);
+              PostgreSQL: postgresql+psycopg://user:password@host:port/dbname
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    database_url: str
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Self-contained copies of submitted jobs: definition, files, then logs and artifacts."""
+        return self.home / "jobs"
+
+    @property
+    def engine_lock(self) -> Path:
+        return self.home / "engine.lock"
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.jobs_dir / str(job_id)
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    home = Path(env.get("TESTLAB_HOME") or ".testlab").absolute()
+    url = env.get("TESTLAB_DB") or f"sqlite:///{home / 'testlab.db'}"
+    return Settings(home=home, database_url=url)

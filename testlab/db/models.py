@@ -1,0 +1,201 @@
+"""The schema: the database is the single source of truth of the lab.
+
+Only Alembic migrations create or change it (testlab/db/migrations); these models describe it for the ORM.
+Times are stored as timezone-naive UTC datetimes so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    backend: Mapped[str] = mapped_column(String(20))
+    uri: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20), default="up")  # up | down
+    description: Mapped[str] = mapped_column(Text, default="")
+    max_active: Mapped[int] = mapped_column(Integer)
+    max_running: Mapped[int] = mapped_column(Integer)
+    max_reverting: Mapped[int] = mapped_column(Integer)
+    max_reverts_while_running: Mapped[int] = mapped_column(Integer)
+    max_ready_when_idle: Mapped[int] = mapped_column(Integer)
+    sleep_after_revert: Mapped[float] = mapped_column(Float)
+    commands: Mapped[dict] = mapped_column(JSON, default=dict)
+    agent_token_file: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)  # gone from the lab file; history kept
+
+    vms: Mapped[list[VM]] = relationship(back_populates="host")
+
+
+class VM(Base):
+    __tablename__ = "vms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"))
+    domain: Mapped[str] = mapped_column(String(200))
+    snapshot: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20), default="base")
+    labels: Mapped[list] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    agent_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), default="off")
+    status_changed: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    maintenance_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    abort_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    errors: Mapped[int] = mapped_column(Integer, default=0)  # consecutive infrastructure errors
+    # The engine operation in flight (revert, poweroff, monitor, task) and when it must be over.
+    operation: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    operation_started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    operation_deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # agent boot id after the revert
+    next_check: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # monitor of offline VMs
+
+    host: Mapped[Host] = relationship(back_populates="vms")
+
+    __table_args__ = (Index("ix_vms_host_domain", "host_id", "domain"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_hash: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    priority: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    submitted: Mapped[datetime] = mapped_column(DateTime)
+    started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    steps: Mapped[list[Step]] = relationship(back_populates="job", order_by="Step.number")
+
+    __table_args__ = (Index("ix_jobs_status_priority", "status", "priority", "id"),)
+
+
+class Step(Base):
+    __tablename__ = "steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 1-based, in dependency order
+    name: Mapped[str] = mapped_column(String(100))
+    depends_on_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id"), nullable=True)
+    command: Mapped[str] = mapped_column(Text)
+    files: Mapped[list] = mapped_column(JSON, default=list)
+    artifacts: Mapped[list] = mapped_column(JSON, default=list)
+    env: Mapped[dict] = mapped_column(JSON, default=dict)
+    timeout: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="steps")
+    tasks: Mapped[list[Task]] = relationship(back_populates="step", order_by="Task.number")
+
+    __table_args__ = (UniqueConstraint("job_id", "number"), UniqueConstraint("job_id", "name"))
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id"))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    timeout: Mapped[float] = mapped_column(Float)
+    tries: Mapped[int] = mapped_column(Integer, default=0)  # starts so far; past the limit -> boterror
+    started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failures: Mapped[int | None] = mapped_column(Integer, nullable=True)  # test failures it reported
+    detail: Mapped[str] = mapped_column(Text, default="")  # why it ended as it did
+    # Where the work lives while it runs, so a restarted engine can re-attach to it.
+    agent_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    command_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    step: Mapped[Step] = relationship(back_populates="tasks")
+    vm: Mapped[VM] = relationship()
+
+    __table_args__ = (
+        Index("ix_tasks_status_job", "status", "job_id"),
+        Index("ix_tasks_job", "job_id", "step_id", "number"),
+        Index("ix_tasks_vm", "vm_id", "ended"),
+    )
+
+
+class Event(Base):
+    """Every VM and task status change (and engine events): feeds the activity page and statistics."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime)
+    kind: Mapped[str] = mapped_column(String(20))  # vm | task | step | job | host | engine | lab
+    vm_id: Mapped[int | None] = mapped_column(ForeignKey("vms.id"), nullable=True)
+    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
+    old_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    new_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        Index("ix_events_vm_time", "vm_id", "time"),
+        Index("ix_events_task", "task_id"),
+        Index("ix_events_time", "time"),
+    )
+
+
+class EngineLease(Base):
+    """At most one engine per database: the holder renews its lease; another engine refuses to start."""
+
+    __tablename__ = "engine_lease"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires: Mapped[datetime] = mapped_column(DateTime)
+
+
+def utcnow() -> datetime:
+    """The database's clock: naive UTC, the same on SQLite and PostgreSQL."""
+    from datetime import UTC
+
+    return datetime.now(UTC).replace(tzinfo=None)

@@ -1,0 +1,98 @@
+"""The one place where VM, task, step and job statuses change; each change is recorded as an event.
+
+The event history is what the activity page, the statistics and the engine's own tests read, so no
+code may assign `.status` anywhere else.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from testlab.db.models import VM, Event, Job, Step, Task, utcnow
+from testlab.domain.rollup import rollup, timestamps
+from testlab.domain.statuses import TaskStatus
+
+
+def record_event(
+    session: Session,
+    kind: str,
+    reason: str,
+    *,
+    vm: VM | None = None,
+    task: Task | None = None,
+    job_id: int | None = None,
+    host_id: int | None = None,
+    old: str | None = None,
+    new: str | None = None,
+    now: datetime | None = None,
+) -> Event:
+    event = Event(
+        time=now or utcnow(),
+        kind=kind,
+        vm_id=vm.id if vm is not None else None,
+        host_id=host_id if host_id is not None else (vm.host_id if vm is not None else None),
+        task_id=task.id if task is not None else None,
+        job_id=job_id if job_id is not None else (task.job_id if task is not None else None),
+        old_status=old,
+        new_status=new,
+        reason=reason,
+    )
+    session.add(event)
+    return event
+
+
+def set_vm_status(
+    session: Session, vm: VM, new: str, reason: str, *, task: Task | None = None, now: datetime | None = None
+) -> bool:
+    """Change a VM's status and record it; returns False (and records nothing) if it did not change."""
+    if vm.status == new:
+        return False
+    now = now or utcnow()
+    record_event(session, "vm", reason, vm=vm, task=task, old=vm.status, new=new, now=now)
+    vm.status = new
+    vm.status_changed = now
+    return True
+
+
+def set_task_status(
+    session: Session, task: Task, new: str, reason: str, *, now: datetime | None = None
+) -> bool:
+    """Change a task's status, keep its timestamps coherent, and record it. The caller rolls up."""
+    if task.status == new:
+        return False
+    now = now or utcnow()
+    record_event(session, "task", reason, vm=task.vm, task=task, old=task.status, new=new, now=now)
+    task.status = new
+    if new == TaskStatus.QUEUED:
+        task.started = task.ended = None
+    elif new == TaskStatus.RUNNING:
+        task.started, task.ended = now, None
+    elif task.ended is None:
+        task.ended = now
+    return True
+
+
+def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> None:
+    """Recompute the job's steps and the job itself from their tasks (the only roll-up caller)."""
+    now = now or utcnow()
+    rows = session.execute(select(Task.step_id, Task.status).where(Task.job_id == job.id)).all()
+    by_step: dict[int, list[str]] = {}
+    for step_id, status in rows:
+        by_step.setdefault(step_id, []).append(status)
+    steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
+    for step in steps:
+        _apply_rollup(session, step, rollup(by_step.get(step.id, ()), cancel_requested=job.cancel_requested),
+                      job.id, now)
+    _apply_rollup(session, job, rollup((s.status for s in steps), cancel_requested=job.cancel_requested),
+                  job.id, now)
+
+
+def _apply_rollup(session: Session, parent: Step | Job, new: str, job_id: int, now: datetime) -> None:
+    if parent.status != new:
+        kind = "job" if isinstance(parent, Job) else "step"
+        record_event(session, kind, f"{kind} {new}", job_id=job_id, old=parent.status, new=new, now=now)
+        parent.status = new
+    parent.started, parent.ended = timestamps(new, started=parent.started, ended=parent.ended, now=now)

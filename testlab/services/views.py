@@ -1,0 +1,123 @@
+"""Plain-data views of jobs, VMs and hosts: the stable JSON shapes of `--json` and (later) the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from testlab.db.models import VM, Host, Job, Step, Task
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+def host_view(host: Host, vm_count: int = 0) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "backend": host.backend,
+        "uri": host.uri,
+        "status": "retired" if host.retired else host.status,
+        "vms": vm_count,
+        "limits": {
+            "max_active": host.max_active,
+            "max_running": host.max_running,
+            "max_reverting": host.max_reverting,
+            "max_reverts_while_running": host.max_reverts_while_running,
+            "max_ready_when_idle": host.max_ready_when_idle,
+            "sleep_after_revert": host.sleep_after_revert,
+        },
+    }
+
+
+def list_hosts(session: Session) -> list[dict[str, Any]]:
+    counts = dict(session.execute(select(VM.host_id, func.count()).group_by(VM.host_id)).all())
+    return [host_view(h, counts.get(h.id, 0)) for h in session.scalars(select(Host).order_by(Host.name))]
+
+
+def vm_view(vm: VM, host_name: str) -> dict[str, Any]:
+    return {
+        "name": vm.name,
+        "host": host_name,
+        "domain": vm.domain,
+        "snapshot": vm.snapshot,
+        "role": vm.role,
+        "labels": list(vm.labels or ()),
+        "status": vm.status,
+        "maintenance_requested": vm.maintenance_requested,
+        "errors": vm.errors,
+        "operation": vm.operation,
+        "operation_deadline": _time(vm.operation_deadline),
+        "description": vm.description,
+    }
+
+
+def list_vms(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(select(VM, Host.name).join(Host, VM.host_id == Host.id).order_by(VM.name))
+    return [vm_view(vm, host_name) for vm, host_name in rows]
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "owner": job.owner,
+        "priority": job.priority,
+        "status": job.status,
+        "submitted": _time(job.submitted),
+        "started": _time(job.started),
+        "ended": _time(job.ended),
+    }
+
+
+def list_jobs(session: Session, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    query = select(Job).order_by(Job.id.desc())
+    if status:
+        query = query.where(Job.status == status)
+    if limit:
+        query = query.limit(limit)
+    return [job_summary(j) for j in session.scalars(query)]
+
+
+def job_view(session: Session, job: Job) -> dict[str, Any]:
+    vm_names = dict(session.execute(select(VM.id, VM.name)).all())
+    steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
+    tasks = session.scalars(select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)).all()
+    by_step: dict[int, list[Task]] = {}
+    for task in tasks:
+        by_step.setdefault(task.step_id, []).append(task)
+    names = {s.id: s.name for s in steps}
+    view = job_summary(job)
+    view["cancel_requested"] = job.cancel_requested
+    view["steps"] = [
+        {
+            "number": step.number,
+            "name": step.name,
+            "after": names.get(step.depends_on_id) if step.depends_on_id else None,
+            "status": step.status,
+            "command": step.command,
+            "timeout": step.timeout,
+            "started": _time(step.started),
+            "ended": _time(step.ended),
+            "tasks": [
+                {
+                    "id": t.id,
+                    "number": t.number,
+                    "vm": vm_names.get(t.vm_id),
+                    "status": t.status,
+                    "tries": t.tries,
+                    "exit_code": t.exit_code,
+                    "failures": t.failures,
+                    "detail": t.detail,
+                    "started": _time(t.started),
+                    "ended": _time(t.ended),
+                }
+                for t in by_step.get(step.id, [])
+            ],
+        }
+        for step in steps
+    ]
+    return view
