@@ -1,0 +1,317 @@
+"""The lab file: which hosts exist, how to reach them, and which VMs (host, domain, snapshot) they carry.
+
+The one parser of this format, shared by the CLI, the REST API and the shard protocol. It is pure: it
+reads the file and checks it, nothing else; applying a lab to the database is the services' job.
+`dump_lab` writes the same format back (e.g. `testlab lab export`), leaving defaults out so the output
+reads like a hand-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from testlab.domain.durations import format_duration
+from testlab.domain.errors import DefinitionError
+from testlab.domain.statuses import VMRole
+from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
+from testlab.scheduler.snapshot import HostLimits
+
+BACKENDS = ("local", "libvirt", "command")
+COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")
+# A `command` host has no other way to drive its domains than these templates.
+REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
+LAB_VM_ROLES = (VMRole.BASE, VMRole.EXTRA, VMRole.RETIRED)  # `deleted` is a database state only
+
+_HOST_KEYS = ("name", "backend", "uri", "limits", "commands", "agent_token_file", "description")
+_VM_KEYS = ("name", "host", "domain", "snapshot", "role", "labels", "description", "agent")
+_LIMIT_INTS = (
+    "max_active",
+    "max_running",
+    "max_reverting",
+    "max_reverts_while_running",
+    "max_ready_when_idle",
+)
+_DEFAULT_LIMITS = HostLimits()
+
+
+@dataclass(frozen=True)
+class HostDef:
+    name: str
+    backend: str
+    uri: str
+    limits: HostLimits = field(default_factory=HostLimits)
+    commands: Mapping[str, str] = field(default_factory=FrozenMap)
+    agent_token_file: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        # Callers building definitions from the database pass plain dicts; keep the value immutable.
+        if not isinstance(self.commands, FrozenMap):
+            object.__setattr__(self, "commands", FrozenMap(self.commands))
+
+
+@dataclass(frozen=True)
+class VMDef:
+    name: str
+    host: str
+    domain: str
+    snapshot: str
+    role: str = VMRole.BASE
+    labels: tuple[str, ...] = ()
+    description: str = ""
+    agent: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, tuple):
+            object.__setattr__(self, "labels", tuple(self.labels))
+
+
+@dataclass(frozen=True)
+class LabDef:
+    hosts: tuple[HostDef, ...]
+    vms: tuple[VMDef, ...]
+
+    def host(self, name: str) -> HostDef | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+    def vm(self, name: str) -> VMDef | None:
+        return next((v for v in self.vms if v.name == name), None)
+
+
+def parse_lab(path: Path) -> LabDef:
+    """Read and check a lab file; relative paths in it are relative to the file's directory."""
+    path = Path(path)
+    return parse_lab_text(read_source(path), source=str(path), base_dir=path.parent)
+
+
+def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = None) -> LabDef:
+    """Check lab text. `base_dir` anchors relative paths (the current directory when None)."""
+    top = MapReader(load_top_mapping(text, source, "hosts: and vms:"), source)
+    top.check_keys(("hosts", "vms"), required=("hosts", "vms"))
+    anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()
+
+    hosts: list[HostDef] = []
+    host_lines: dict[str, int] = {}
+    for reader in sub_readers(top, "hosts"):
+        host = _parse_host(reader, anchor)
+        if host.name in host_lines:
+            raise reader.error(
+                "name", f"duplicate host name {host.name!r} (first on line {host_lines[host.name]})"
+            )
+        host_lines[host.name] = reader.line("name")
+        hosts.append(host)
+
+    vms: list[VMDef] = []
+    vm_lines: dict[str, int] = {}
+    config_lines: dict[tuple[str, str, str], tuple[str, int]] = {}
+    for reader in sub_readers(top, "vms"):
+        vm = _parse_vm(reader, host_lines)
+        if vm.name in vm_lines:
+            raise reader.error("name", f"duplicate VM name {vm.name!r} (first on line {vm_lines[vm.name]})")
+        key = (vm.host, vm.domain, vm.snapshot)
+        if key in config_lines:
+            other, line = config_lines[key]
+            raise reader.error(
+                "snapshot",
+                f"VM {other!r} (line {line}) already uses domain {vm.domain!r} with snapshot "
+                f"{vm.snapshot!r} on host {vm.host!r}",
+            )
+        vm_lines[vm.name] = reader.line("name")
+        config_lines[key] = (vm.name, reader.line())
+        vms.append(vm)
+    return LabDef(hosts=tuple(hosts), vms=tuple(vms))
+
+
+def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
+    reader.check_keys(_HOST_KEYS, required=("name", "backend", "uri"))
+    name = reader.string("name", name=True)
+    backend = reader.string("backend", choices=BACKENDS)
+    uri = reader.string("uri")
+    if backend == "local":
+        _check_local_uri(reader, uri)
+    commands = reader.string_map("commands")
+    for operation, command in commands.items():
+        if operation not in COMMAND_OPERATIONS:
+            raise reader.error(
+                None,
+                f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})",
+                line=reader.data["commands"].key_line(operation),
+                field=f"{reader.field('commands')}.{operation}",
+            )
+        if not command.strip():
+            raise reader.error(
+                None,
+                "must not be empty",
+                line=reader.data["commands"].key_line(operation),
+                field=f"{reader.field('commands')}.{operation}",
+            )
+    if backend == "command":
+        missing = [op for op in REQUIRED_COMMANDS if op not in commands]
+        if missing:
+            where = "commands" if reader.has("commands") else None
+            raise reader.error(
+                where,
+                f"missing {', '.join(missing)} (required by backend 'command')",
+                field=reader.field("commands"),
+            )
+    token_file = None
+    if reader.has("agent_token_file"):
+        token_path = Path(reader.string("agent_token_file"))
+        resolved = token_path if token_path.is_absolute() else anchor / token_path
+        if not resolved.is_file():
+            raise reader.error("agent_token_file", f"no such file: {str(resolved)!r}")
+        token_file = str(resolved)
+    return HostDef(
+        name=name,
+        backend=backend,
+        uri=uri,
+        limits=_parse_limits(reader),
+        commands=commands,
+        agent_token_file=token_file,
+        description=reader.text("description"),
+    )
+
+
+def _check_local_uri(reader: MapReader, uri: str) -> None:
+    # The sandbox root must not depend on the directory the engine happens to start in.
+    prefix = "local://"
+    if not uri.startswith(prefix) or not uri[len(prefix) :].startswith("/"):
+        raise reader.error("uri", f"expected local:///absolute/path for a local host, got {uri!r}")
+    if Path(uri[len(prefix) :]) == Path("/"):
+        raise reader.error("uri", "a local host needs its own directory, not '/'")
+    if ".." in Path(uri[len(prefix) :]).parts:
+        raise reader.error("uri", f"the path of a local URI must not contain '..', got {uri!r}")
+
+
+def _parse_limits(host: MapReader) -> HostLimits:
+    reader = host.mapping("limits")
+    if reader is None:
+        return HostLimits()
+    reader.check_keys((*_LIMIT_INTS, "sleep_after_revert"))
+    values: dict[str, Any] = {
+        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0) for key in _LIMIT_INTS
+    }
+    values["sleep_after_revert"] = reader.duration("sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert)
+    return HostLimits(**values)
+
+
+def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
+    reader.check_keys(_VM_KEYS, required=("name", "host", "snapshot"))
+    name = reader.string("name", name=True)
+    host = reader.string("host")
+    if host not in host_lines:
+        known = ", ".join(host_lines) or "none"
+        raise reader.error("host", f"unknown host {host!r} (hosts: {known})")
+    agent = reader.string("agent", None)
+    if agent is not None:
+        problem = _agent_url_problem(agent)
+        if problem:
+            raise reader.error("agent", problem)
+    return VMDef(
+        name=name,
+        host=host,
+        domain=reader.string("domain", name),
+        snapshot=reader.string("snapshot"),
+        role=reader.string("role", VMRole.BASE, choices=LAB_VM_ROLES),
+        labels=reader.string_list("labels", check=_label_problem),
+        description=reader.text("description"),
+        agent=agent,
+    )
+
+
+def _label_problem(label: str) -> str | None:
+    if any(ch.isspace() or ch == "," for ch in label):
+        return f"invalid label {label!r}: no spaces or commas"
+    return None
+
+
+def _agent_url_problem(url: str) -> str | None:
+    expected = f"expected an agent URL like http://HOST:PORT, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return expected
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+        return expected
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        return expected
+    return None
+
+
+def dump_lab(lab: LabDef) -> str:
+    """YAML that `parse_lab_text` reads back to an equal LabDef; fields at their defaults are left out."""
+    hosts = []
+    for host in lab.hosts:
+        item: dict[str, Any] = {"name": host.name, "backend": host.backend, "uri": host.uri}
+        limits = {
+            f.name: getattr(host.limits, f.name)
+            for f in dataclasses.fields(HostLimits)
+            if getattr(host.limits, f.name) != getattr(_DEFAULT_LIMITS, f.name)
+        }
+        if "sleep_after_revert" in limits:
+            limits["sleep_after_revert"] = format_duration(limits["sleep_after_revert"])
+        if limits:
+            item["limits"] = limits
+        if host.commands:
+            item["commands"] = dict(host.commands)
+        if host.agent_token_file is not None:
+            item["agent_token_file"] = host.agent_token_file
+        if host.description:
+            item["description"] = host.description
+        hosts.append(item)
+    vms = []
+    for vm in lab.vms:
+        item = {"name": vm.name, "host": vm.host}
+        if vm.domain != vm.name:
+            item["domain"] = vm.domain
+        item["snapshot"] = vm.snapshot
+        if vm.role != VMRole.BASE:
+            item["role"] = vm.role
+        if vm.labels:
+            item["labels"] = list(vm.labels)
+        if vm.description:
+            item["description"] = vm.description
+        if vm.agent is not None:
+            item["agent"] = vm.agent
+        vms.append(item)
+    return yaml.dump(
+        {"hosts": hosts, "vms": vms},
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=100,
+    )
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Writes label lists inline (`labels: [win10, fr]`) like people do; everything else in block style."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    inline = all(isinstance(item, str) for item in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=inline)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+__all__ = [
+    "BACKENDS",
+    "COMMAND_OPERATIONS",
+    "DefinitionError",
+    "HostDef",
+    "LabDef",
+    "VMDef",
+    "dump_lab",
+    "parse_lab",
+    "parse_lab_text",
+]

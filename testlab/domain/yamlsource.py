@@ -1,0 +1,401 @@
+"""YAML loading that remembers where every key and item came from, and typed field readers on top.
+
+PyYAML's plain loaders forget line numbers, yet a message like "lab.yaml:14: vms[3].host: unknown host"
+is what lets a user fix a 500-line lab file. Mappings and lists are loaded as `YamlMap` / `YamlList`
+(dict / list subclasses that also hold the lines of their keys and items); scalars are plain values,
+located by their parent. `MapReader` reads one mapping's fields with type checks and builds the
+"FILE:LINE: FIELD: message" errors, so both parsers report problems the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from testlab.domain.durations import EXPECTED as DURATION_EXPECTED
+from testlab.domain.durations import parse_duration
+from testlab.domain.errors import DefinitionError
+
+T = TypeVar("T")
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+
+class YamlMap(dict):
+    """A YAML mapping with the 1-based line of the mapping and of each of its keys."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+    def key_line(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class YamlList(list):
+    """A YAML sequence with the 1-based line of the sequence and of each of its items."""
+
+    line: int = 0
+    item_lines: list[int]
+
+    def item_line(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class FrozenMap(Mapping[str, str]):
+    """An immutable, hashable str -> str mapping, so definition dataclasses stay truly frozen."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+class _Loader(yaml.SafeLoader):
+    source: str | None = None
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[YamlMap]:
+    data = YamlMap()
+    data.line = node.start_mark.line + 1
+    data.key_lines = {}
+    yield data
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DefinitionError(
+                f"duplicate key {key!r} (first on line {seen[key]})", source=loader.source, line=line
+            )
+        seen[key] = line
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise DefinitionError(
+                "a mapping key must be a plain value, not a list or mapping", source=loader.source, line=line
+            ) from None
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.key_lines[key] = line
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[YamlList]:
+    data = YamlList()
+    data.line = node.start_mark.line + 1
+    data.item_lines = []
+    yield data
+    for item in node.value:
+        data.append(loader.construct_object(item, deep=True))
+        data.item_lines.append(item.start_mark.line + 1)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+
+if hasattr(yaml, "CSafeLoader"):
+
+    class _FastLoader(yaml.CSafeLoader):  # libyaml's parser: about 4x faster on a 10,000-VM lab
+        source: str | None = None
+
+    _FastLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+    _FastLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+else:  # pragma: no cover - PyYAML built without libyaml
+    _FastLoader = _Loader  # type: ignore[misc,assignment]
+
+
+def read_source(path: Path) -> str:
+    """The text of a definition file, or a one-line DefinitionError saying why it cannot be read."""
+    source = str(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DefinitionError("no such file", source=source) from None
+    except IsADirectoryError:
+        raise DefinitionError("is a directory, not a file", source=source) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DefinitionError("not UTF-8 text", source=source, line=line) from None
+    except OSError as exc:
+        raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=source) from None
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse `text`; YAML syntax errors become DefinitionError with their line. None for an empty file."""
+    try:
+        return _load(_FastLoader, text, source)
+    except yaml.YAMLError as fast_error:
+        # Explain with the pure-Python parser: its messages are clearer and do not depend on whether
+        # PyYAML was built with libyaml.
+        try:
+            _load(_Loader, text, source)
+        except yaml.YAMLError as exc:
+            raise _syntax_error(exc, source) from None
+        raise _syntax_error(fast_error, source) from None
+
+
+def _load(loader_class: type, text: str, source: str) -> Any:
+    loader = loader_class(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _syntax_error(exc: yaml.YAMLError, source: str) -> DefinitionError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.problem:
+            problem = f"{problem} ({exc.context})"
+        line = mark.line + 1 if mark is not None else None
+        return DefinitionError(f"invalid YAML: {problem}", source=source, line=line)
+    return DefinitionError(f"invalid YAML: {' '.join(str(exc).split())}", source=source)
+
+
+def load_top_mapping(text: str, source: str, expected: str) -> YamlMap:
+    """The top-level mapping of a definition file; `expected` says what it should contain."""
+    data = load_yaml(text, source)
+    if data is None:
+        raise DefinitionError(f"empty file (expected a mapping with {expected})", source=source)
+    if not isinstance(data, YamlMap):
+        line = data.line if isinstance(data, YamlList) else 1
+        raise DefinitionError(
+            f"expected a mapping with {expected} at the top level, got {describe(data)}",
+            source=source,
+            line=line,
+        )
+    return data
+
+
+def describe(value: Any) -> str:
+    """How a wrong value is named in messages: precise enough to spot it in the file."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, date):
+        return f"date {value.isoformat()}"
+    return type(value).__name__
+
+
+def _quote_hint(value: Any) -> str:
+    """YAML turns unquoted on/yes/1.10/2024-01-01 into non-strings; say how to keep them as text."""
+    return " (quote it to make it a string)" if isinstance(value, bool | int | float | date) else ""
+
+
+_MISSING: Any = object()
+
+
+class MapReader:
+    """Typed access to the fields of one YAML mapping, with errors that point at the right line."""
+
+    def __init__(self, data: YamlMap, source: str, path: str = "") -> None:
+        self.data = data
+        self.source = source
+        self.path = path
+
+    def field(self, key: Any) -> str:
+        return f"{self.path}.{key}" if self.path else str(key)
+
+    def line(self, key: Any | None = None) -> int:
+        return self.data.line if key is None else self.data.key_line(key)
+
+    def error(
+        self, key: Any | None, message: str, *, line: int | None = None, field: str | None = None
+    ) -> DefinitionError:
+        if field is None:
+            field = self.field(key) if key is not None else (self.path or None)
+        return DefinitionError(message, source=self.source, line=line or self.line(key), field=field)
+
+    def check_keys(self, allowed: Iterable[str], required: Iterable[str] = ()) -> None:
+        """Unknown keys are typos until proven otherwise: reject them and list what is allowed."""
+        allowed_set = set(allowed)
+        for key in self.data:
+            if key not in allowed_set:
+                raise self.error(key, f"unknown key (allowed: {', '.join(sorted(allowed_set))})")
+        for key in required:
+            if key not in self.data:
+                raise self.error(None, "missing required key", field=self.field(key))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def string(
+        self, key: str, default: Any = _MISSING, *, name: bool = False, choices: Iterable[str] = ()
+    ) -> Any:
+        """A string field. `name=True` also applies the charset of host, VM and step names."""
+        if key not in self.data:
+            if default is _MISSING:
+                raise self.error(None, "missing required key", field=self.field(key))
+            return default
+        value = self.data[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        if not value.strip():
+            raise self.error(key, "must not be empty")
+        choice_list = list(choices)
+        if choice_list and value not in choice_list:
+            raise self.error(key, f"expected one of {', '.join(choice_list)}, got {value!r}")
+        if name and not NAME_PATTERN.fullmatch(value):
+            raise self.error(key, f"invalid name {value!r}: use {NAME_RULE}")
+        return value
+
+    def text(self, key: str) -> str:
+        """Free text (descriptions): a string, possibly empty; absent means ""."""
+        value = self.data.get(key, "")
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {describe(value)}")
+        if minimum is not None and value < minimum:
+            qualifier = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+            raise self.error(key, f"expected {qualifier}, got {value}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(key, f"{DURATION_EXPECTED}, got {describe(value)}")
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def mapping(self, key: str) -> MapReader | None:
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if not isinstance(value, YamlMap):
+            raise self.error(key, f"expected a mapping, got {describe(value)}")
+        return MapReader(value, self.source, self.field(key))
+
+    def items(
+        self, key: str, *, required: bool = False, non_empty: bool = False
+    ) -> list[tuple[Any, int, str]]:
+        """The items of a list field as (value, line, field path), e.g. ('x', 12, 'steps[1].files[0]')."""
+        if key not in self.data:
+            if required:
+                raise self.error(None, "missing required key", field=self.field(key))
+            return []
+        value = self.data[key]
+        if not isinstance(value, YamlList):
+            raise self.error(key, f"expected a list, got {describe(value)}")
+        if non_empty and not value:
+            raise self.error(key, "must not be an empty list")
+        return [(item, value.item_line(i), f"{self.field(key)}[{i}]") for i, item in enumerate(value)]
+
+    def string_list(
+        self,
+        key: str,
+        *,
+        non_empty: bool = False,
+        check: Callable[[str], str | None] | None = None,
+    ) -> tuple[str, ...]:
+        """A list of distinct non-empty strings; `check` returns an error message or None."""
+        result: list[str] = []
+        first_line: dict[str, int] = {}
+        for item, line, field in self.items(key, non_empty=non_empty):
+            if not isinstance(item, str):
+                raise DefinitionError(
+                    f"expected a string, got {describe(item)}{_quote_hint(item)}",
+                    source=self.source,
+                    line=line,
+                    field=field,
+                )
+            if not item.strip():
+                raise DefinitionError("must not be empty", source=self.source, line=line, field=field)
+            if item in first_line:
+                raise DefinitionError(
+                    f"duplicate {item!r} (first on line {first_line[item]})",
+                    source=self.source,
+                    line=line,
+                    field=field,
+                )
+            problem = check(item) if check else None
+            if problem:
+                raise DefinitionError(problem, source=self.source, line=line, field=field)
+            first_line[item] = line
+            result.append(item)
+        return tuple(result)
+
+    def string_map(
+        self, key: str, *, key_pattern: re.Pattern[str] | None = None, key_rule: str = ""
+    ) -> FrozenMap:
+        """A mapping of string -> string (commands, environment variables)."""
+        reader = self.mapping(key)
+        if reader is None:
+            return FrozenMap()
+        result: dict[str, str] = {}
+        for name, value in reader.data.items():
+            if not isinstance(name, str):
+                raise reader.error(name, f"expected a string key, got {describe(name)}")
+            if key_pattern is not None and not key_pattern.fullmatch(name):
+                raise reader.error(name, f"invalid name {name!r}: {key_rule}")
+            if not isinstance(value, str):
+                raise reader.error(name, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+            result[name] = value
+        return FrozenMap(result)
+
+
+def sub_readers(
+    reader: MapReader, key: str, *, required: bool = True, non_empty: bool = False
+) -> list[MapReader]:
+    """Readers for a list of mappings (hosts, vms, steps), each with its own path like 'vms[2]'."""
+    result = []
+    for item, line, field in reader.items(key, required=required, non_empty=non_empty):
+        if not isinstance(item, YamlMap):
+            raise DefinitionError(
+                f"expected a mapping, got {describe(item)}", source=reader.source, line=line, field=field
+            )
+        result.append(MapReader(item, reader.source, field))
+    return result

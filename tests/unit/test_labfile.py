@@ -1,0 +1,473 @@
+"""The lab-file parser: every error as the exact one-line message users see, defaults, dump round trip."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from testlab.domain.errors import DefinitionError
+from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
+from testlab.scheduler.snapshot import HostLimits
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+GOOD = """\
+hosts:
+  - name: h1
+    backend: local
+    uri: local:///var/tmp/lab
+vms:
+  - name: vm1
+    host: h1
+    snapshot: clean
+"""
+
+
+def lab(text: str, base_dir: Path | None = None) -> LabDef:
+    return parse_lab_text(textwrap.dedent(text), source="lab.yaml", base_dir=base_dir)
+
+
+def error_of(text: str, base_dir: Path | None = None) -> str:
+    with pytest.raises(DefinitionError) as info:
+        lab(text, base_dir)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_minimal_lab_has_the_defaults() -> None:
+    parsed = lab(GOOD)
+    assert parsed.hosts == (HostDef(name="h1", backend="local", uri="local:///var/tmp/lab"),)
+    host = parsed.hosts[0]
+    assert host.limits == HostLimits()
+    assert dict(host.commands) == {}
+    assert host.agent_token_file is None and host.description == ""
+    vm = parsed.vms[0]
+    assert vm == VMDef(name="vm1", host="h1", domain="vm1", snapshot="clean")
+    assert (vm.role, vm.labels, vm.description, vm.agent) == ("base", (), "", None)
+
+
+def test_full_lab_reads_every_field(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("s3cret\n")
+    parsed = lab(
+        """\
+        hosts:
+          - name: kvm-1
+            backend: libvirt
+            uri: qemu+ssh://root@kvm-1/system
+            description: rack 3
+            agent_token_file: secrets/token
+            limits:
+              max_active: 4
+              max_running: 3
+              max_reverting: 2
+              max_reverts_while_running: 1
+              max_ready_when_idle: 0
+              sleep_after_revert: 1m30s
+            commands:
+              power_cycle: ipmitool -H kvm-1-bmc power cycle
+          - name: board.7
+            backend: command
+            uri: command:board7
+            limits: {sleep_after_revert: 2.5}
+            commands:
+              power_on: pdu on 7
+              power_off: pdu off 7
+              state: pdu status 7
+              revert: flash-image 7 {snapshot}
+        vms:
+          - name: win10
+            host: kvm-1
+            snapshot: clean
+            labels: [win10, en]
+            agent: http://10.0.0.5:8123
+          - name: win10-fr
+            host: kvm-1
+            domain: win10
+            snapshot: clean-fr
+            role: extra
+            labels: [win10, fr]
+            description: French locale
+          - name: board7
+            host: board.7
+            snapshot: image-2024
+            role: retired
+            agent: https://board7.lab:9000/
+        """,
+        base_dir=tmp_path,
+    )
+    kvm, board = parsed.hosts
+    assert kvm.limits == HostLimits(4, 3, 2, 1, 0, 90.0)
+    assert kvm.agent_token_file == str(tmp_path / "secrets" / "token")
+    assert dict(kvm.commands) == {"power_cycle": "ipmitool -H kvm-1-bmc power cycle"}
+    assert board.limits == HostLimits(sleep_after_revert=2.5)
+    assert board.commands["revert"] == "flash-image 7 {snapshot}"
+    assert [vm.domain for vm in parsed.vms] == ["win10", "win10", "board7"]
+    assert parsed.vms[1].role == "extra" and parsed.vms[1].labels == ("win10", "fr")
+    assert parsed.vms[0].agent == "http://10.0.0.5:8123"
+    hash(parsed)  # frozen all the way down: usable as a cache key
+    assert parse_lab_text(dump_lab(parsed)) == parsed
+
+
+def test_empty_lists_are_a_valid_empty_lab() -> None:
+    assert lab("hosts: []\nvms: []\n") == LabDef(hosts=(), vms=())
+
+
+H = "hosts:\n  - name: h1\n    backend: local\n    uri: local:///var/tmp/lab\n"  # host h1 on lines 2-4
+
+ERRORS = [
+    ("empty", "", "lab.yaml: empty file (expected a mapping with hosts: and vms:)"),
+    ("comments only", "# nothing\n", "lab.yaml: empty file (expected a mapping with hosts: and vms:)"),
+    ("top list", "- a\n", "lab.yaml:1: expected a mapping with hosts: and vms: at the top level, got a list"),
+    (
+        "top scalar",
+        "hello\n",
+        "lab.yaml:1: expected a mapping with hosts: and vms: at the top level, got 'hello'",
+    ),
+    (
+        "bad yaml",
+        "hosts: [\n",
+        "lab.yaml:2: invalid YAML: expected the node content, but found '<stream end>' "
+        "(while parsing a flow node)",
+    ),
+    (
+        "bad indent",
+        "hosts:\n  - name: a\n   backend: local\n",
+        "lab.yaml:3: invalid YAML: expected <block end>, "
+        "but found '<block mapping start>' (while parsing a block collection)",
+    ),
+    (
+        "tab",
+        "hosts:\n\t- a\n",
+        "lab.yaml:2: invalid YAML: found character '\\t' that cannot start any token "
+        "(while scanning for the next token)",
+    ),
+    (
+        "duplicate key",
+        "hosts: []\nvms: []\nhosts: []\n",
+        "lab.yaml:3: duplicate key 'hosts' (first on line 1)",
+    ),
+    (
+        "unknown top key",
+        "hosts: []\nvms: []\ngroups: []\n",
+        "lab.yaml:3: groups: unknown key (allowed: hosts, vms)",
+    ),
+    ("missing vms", "hosts: []\n", "lab.yaml:1: vms: missing required key"),
+    ("hosts not list", "hosts: {}\nvms: []\n", "lab.yaml:1: hosts: expected a list, got a mapping"),
+    ("host not mapping", "hosts: [h1]\nvms: []\n", "lab.yaml:1: hosts[0]: expected a mapping, got 'h1'"),
+    (
+        "host unknown key",
+        H + "    colour: red\nvms: []\n",
+        "lab.yaml:5: hosts[0].colour: unknown key (allowed: agent_token_file, backend, commands, "
+        "description, "
+        "limits, name, uri)",
+    ),
+    (
+        "host missing uri",
+        "hosts:\n  - name: h1\n    backend: local\nvms: []\n",
+        "lab.yaml:2: hosts[0].uri: missing required key",
+    ),
+    (
+        "host name charset",
+        "hosts:\n  - name: -h\n    backend: local\n    uri: local:///x\nvms: []\n",
+        "lab.yaml:2: hosts[0].name: invalid name '-h': use letters, digits, '.', '_' and '-', "
+        "starting with a "
+        "letter or digit",
+    ),
+    (
+        "host name type",
+        "hosts:\n  - name: 12\n    backend: local\n    uri: local:///x\nvms: []\n",
+        "lab.yaml:2: hosts[0].name: expected a string, got integer 12 (quote it to make it a string)",
+    ),
+    (
+        "bad backend",
+        "hosts:\n  - name: h1\n    backend: xen\n    uri: xen:///\nvms: []\n",
+        "lab.yaml:3: hosts[0].backend: expected one of local, libvirt, command, got 'xen'",
+    ),
+    (
+        "relative local uri",
+        "hosts:\n  - name: h1\n    backend: local\n    uri: local:sandbox\nvms: []\n",
+        "lab.yaml:4: hosts[0].uri: expected local:///absolute/path for a local host, got 'local:sandbox'",
+    ),
+    (
+        "relative local uri 2",
+        "hosts:\n  - name: h1\n    backend: local\n    uri: local://sandbox\nvms: []\n",
+        "lab.yaml:4: hosts[0].uri: expected local:///absolute/path for a local host, got 'local://sandbox'",
+    ),
+    (
+        "local uri root",
+        "hosts:\n  - name: h1\n    backend: local\n    uri: local:///\nvms: []\n",
+        "lab.yaml:4: hosts[0].uri: a local host needs its own directory, not '/'",
+    ),
+    (
+        "local uri dotdot",
+        "hosts:\n  - name: h1\n    backend: local\n    uri: local:///a/../b\nvms: []\n",
+        "lab.yaml:4: hosts[0].uri: the path of a local URI must not contain '..', got 'local:///a/../b'",
+    ),
+    (
+        "duplicate host",
+        H + "  - name: h1\n    backend: local\n    uri: local:///y\nvms: []\n",
+        "lab.yaml:5: hosts[1].name: duplicate host name 'h1' (first on line 2)",
+    ),
+    (
+        "limits type",
+        H + "    limits: 3\nvms: []\n",
+        "lab.yaml:5: hosts[0].limits: expected a mapping, got integer 3",
+    ),
+    (
+        "limits unknown",
+        H + "    limits:\n      max_idle: 3\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.max_idle: unknown key (allowed: max_active, max_ready_when_idle, "
+        "max_reverting, max_reverts_while_running, max_running, sleep_after_revert)",
+    ),
+    (
+        "limit negative",
+        H + "    limits:\n      max_active: -1\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.max_active: expected a non-negative integer, got -1",
+    ),
+    (
+        "limit float",
+        H + "    limits:\n      max_running: 1.5\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.max_running: expected an integer, got number 1.5",
+    ),
+    (
+        "limit bool",
+        H + "    limits:\n      max_running: yes\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.max_running: expected an integer, got boolean true",
+    ),
+    (
+        "sleep bad",
+        H + "    limits:\n      sleep_after_revert: soon\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.sleep_after_revert: expected a duration like 90s, 30m, 2h or 1h30m "
+        "(or a number of seconds), got 'soon'",
+    ),
+    (
+        "sleep negative",
+        H + "    limits:\n      sleep_after_revert: -3\nvms: []\n",
+        "lab.yaml:6: hosts[0].limits.sleep_after_revert: must not be negative, got -3",
+    ),
+    (
+        "unknown command",
+        H + "    commands:\n      reboot: ipmitool power cycle\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.reboot: unknown operation (allowed: power_on, power_off, "
+        "state, revert, "
+        "power_cycle, health)",
+    ),
+    (
+        "command not string",
+        H + "    commands:\n      health: [ping]\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.health: expected a string, got a list",
+    ),
+    (
+        "command backend missing",
+        "hosts:\n  - name: b\n    backend: command\n    uri: cmd:b\n    commands:\n"
+        "      power_on: pdu on\n      state: st\nvms: []\n",
+        "lab.yaml:5: hosts[0].commands: missing power_off, revert (required by backend 'command')",
+    ),
+    (
+        "command backend none",
+        "hosts:\n  - name: b\n    backend: command\n    uri: cmd:b\nvms: []\n",
+        "lab.yaml:2: hosts[0].commands: missing power_on, power_off, state, revert (required by "
+        "backend 'command')",
+    ),
+    (
+        "token missing",
+        H + "    agent_token_file: /nonexistent/token\nvms: []\n",
+        "lab.yaml:5: hosts[0].agent_token_file: no such file: '/nonexistent/token'",
+    ),
+    ("vms not list", H + "vms: vm1\n", "lab.yaml:5: vms: expected a list, got 'vm1'"),
+    (
+        "vm unknown key",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    os: linux\n",
+        "lab.yaml:9: vms[0].os: unknown key (allowed: agent, description, domain, host, labels, name, role, "
+        "snapshot)",
+    ),
+    (
+        "vm missing snapshot",
+        H + "vms:\n  - name: v\n    host: h1\n",
+        "lab.yaml:6: vms[0].snapshot: missing required key",
+    ),
+    (
+        "vm unknown host",
+        H + "vms:\n  - name: v\n    host: h2\n    snapshot: s\n",
+        "lab.yaml:7: vms[0].host: unknown host 'h2' (hosts: h1)",
+    ),
+    (
+        "vm name charset",
+        H + "vms:\n  - name: win 10\n    host: h1\n    snapshot: s\n",
+        "lab.yaml:6: vms[0].name: invalid name 'win 10': use letters, digits, '.', '_' and '-', "
+        "starting with a "
+        "letter or digit",
+    ),
+    (
+        "vm empty snapshot",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: ''\n",
+        "lab.yaml:8: vms[0].snapshot: must not be empty",
+    ),
+    (
+        "vm role",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    role: deleted\n",
+        "lab.yaml:9: vms[0].role: expected one of base, extra, retired, got 'deleted'",
+    ),
+    (
+        "labels not list",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    labels: win10\n",
+        "lab.yaml:9: vms[0].labels: expected a list, got 'win10'",
+    ),
+    (
+        "label not string",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    labels:\n      - a\n      - 7\n",
+        "lab.yaml:11: vms[0].labels[1]: expected a string, got integer 7 (quote it to make it a string)",
+    ),
+    (
+        "label duplicate",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    labels: [a, a]\n",
+        "lab.yaml:9: vms[0].labels[1]: duplicate 'a' (first on line 9)",
+    ),
+    (
+        "label space",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    labels: [a b]\n",
+        "lab.yaml:9: vms[0].labels[0]: invalid label 'a b': no spaces or commas",
+    ),
+    (
+        "agent url",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    agent: 10.0.0.5:8123\n",
+        "lab.yaml:9: vms[0].agent: expected an agent URL like http://HOST:PORT, got '10.0.0.5:8123'",
+    ),
+    (
+        "agent no port",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    agent: http://vm1\n",
+        "lab.yaml:9: vms[0].agent: expected an agent URL like http://HOST:PORT, got 'http://vm1'",
+    ),
+    (
+        "agent bad port",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    agent: http://vm1:99999\n",
+        "lab.yaml:9: vms[0].agent: expected an agent URL like http://HOST:PORT, got 'http://vm1:99999'",
+    ),
+    (
+        "description type",
+        H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    description: [x]\n",
+        "lab.yaml:9: vms[0].description: expected a string, got a list",
+    ),
+    (
+        "duplicate vm",
+        H + "vms:\n  - {name: v, host: h1, snapshot: s}\n  - {name: v, host: h1, snapshot: t}\n",
+        "lab.yaml:7: vms[1].name: duplicate VM name 'v' (first on line 6)",
+    ),
+    (
+        "same configuration",
+        H + "vms:\n  - {name: a, host: h1, domain: d, snapshot: s}\n"
+        "  - {name: b, host: h1, domain: d, snapshot: s}\n",
+        "lab.yaml:7: vms[1].snapshot: VM 'a' (line 6) already uses domain 'd' with snapshot 's' on host 'h1'",
+    ),
+    (
+        "same config default domain",
+        H + "vms:\n  - {name: d, host: h1, snapshot: s}\n  - {name: b, host: h1, domain: d, snapshot: s}\n",
+        "lab.yaml:7: vms[1].snapshot: VM 'd' (line 6) already uses domain 'd' with snapshot 's' on host 'h1'",
+    ),
+    (
+        "python tag",
+        "hosts: !!python/object:os.system {}\nvms: []\n",
+        "lab.yaml:1: invalid YAML: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object:os.system'",
+    ),
+    (
+        "yes is a boolean",
+        H + "    commands:\n      power_on: on\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_on: expected a string, got boolean true (quote it to "
+        "make it a string)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in ERRORS], ids=[i for i, _, _ in ERRORS])
+def test_errors_are_precise_one_line_messages(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_shared_domain_with_other_snapshots_is_fine() -> None:
+    parsed = lab(
+        H + "vms:\n  - {name: a, host: h1, domain: d, snapshot: s}\n  - {name: b, host: h1, domain: d, "
+        "snapshot: t}\n"
+    )
+    assert [(v.name, v.domain, v.snapshot) for v in parsed.vms] == [("a", "d", "s"), ("b", "d", "t")]
+
+
+def test_token_file_is_resolved_against_the_lab_directory(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("x")
+    path = tmp_path / "lab.yaml"
+    path.write_text(H + "    agent_token_file: token\nvms: []\n")
+    assert parse_lab(path).hosts[0].agent_token_file == str(tmp_path / "token")
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(tmp_path / "nope.yaml")
+    assert str(info.value) == f"{tmp_path / 'nope.yaml'}: no such file"
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(tmp_path)
+    assert str(info.value) == f"{tmp_path}: is a directory, not a file"
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"hosts: []\nvms: [\xff]\n")
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(binary)
+    assert str(info.value) == f"{binary}:2: not UTF-8 text"
+
+
+def test_dump_omits_defaults_and_round_trips() -> None:
+    parsed = lab(GOOD)
+    assert dump_lab(parsed) == GOOD.replace("  - ", "- ").replace("\n    ", "\n  ")
+    custom = LabDef(
+        hosts=(
+            HostDef(
+                name="h",
+                backend="libvirt",
+                uri="test:///default",
+                limits=HostLimits(max_active=5, sleep_after_revert=0.25),
+                description="a: tricky 'string'\nwith two lines",
+            ),
+        ),
+        vms=(
+            VMDef(
+                name="v",
+                host="h",
+                domain="dom",
+                snapshot="yes",
+                role="extra",
+                labels=("on", "1"),
+                agent="http://v:1",
+            ),
+        ),
+    )
+    assert parse_lab_text(dump_lab(custom)) == custom
+
+
+def test_definitions_built_by_hand_are_frozen_and_compare_by_value() -> None:
+    host = HostDef(
+        name="h", backend="libvirt", uri="test:///default", commands={"power_cycle": "pdu cycle 3"}
+    )
+    assert hash(host) == hash(
+        HostDef("h", "libvirt", "test:///default", commands={"power_cycle": "pdu cycle 3"})
+    )
+    with pytest.raises(TypeError):
+        host.commands["health"] = "true"  # type: ignore[index]
+    vm = VMDef(name="v", host="h", domain="v", snapshot="s", labels=["a", "b"])  # type: ignore[arg-type]
+    assert vm.labels == ("a", "b")
+    hash(vm)
+
+
+def test_dump_writes_labels_inline() -> None:
+    text = dump_lab(lab(H + "vms:\n  - {name: v, host: h1, snapshot: s, labels: [win10, 'yes', 'a:b']}\n"))
+    assert "  labels: [win10, 'yes', 'a:b']\n" in text
+
+
+def test_example_lab_parses() -> None:
+    parsed = parse_lab(EXAMPLES / "lab.yaml")
+    assert [h.backend for h in parsed.hosts] == ["local"]
+    assert parsed.hosts[0].uri.startswith("local:///")
+    roles = {vm.role for vm in parsed.vms}
+    assert roles == {"base", "extra", "retired"}
+    assert parse_lab_text(dump_lab(parsed)) == parsed
