@@ -1,0 +1,84 @@
+"""Hypervisor backends behind one interface, and the async driver the engine calls them through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from testlab.hypervisor.base import (
+    AgentAddress,
+    Backend,
+    DomainMissing,
+    DomainState,
+    HostHealth,
+    HostUnreachable,
+    HypervisorError,
+    OperationFailed,
+    OperationTimedOut,
+    SnapshotMissing,
+)
+from testlab.hypervisor.driver import HostDriver
+from testlab.hypervisor.faults import FaultPlan, FaultRule, FaultyBackend
+
+__all__ = [
+    "AgentAddress",
+    "Backend",
+    "BACKEND_KINDS",
+    "DomainMissing",
+    "DomainState",
+    "FaultPlan",
+    "FaultRule",
+    "FaultyBackend",
+    "HostDriver",
+    "HostHealth",
+    "HostUnreachable",
+    "HypervisorError",
+    "OperationFailed",
+    "OperationTimedOut",
+    "SnapshotMissing",
+    "open_backend",
+]
+
+
+def _local(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
+    from testlab.hypervisor.local import LocalBackend
+
+    return LocalBackend(host, uri, options)
+
+
+def _libvirt(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
+    from testlab.hypervisor.libvirt import LibvirtBackend
+
+    return LibvirtBackend(host, uri, options)
+
+
+def _command(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
+    from testlab.hypervisor.command import CommandBackend
+
+    return CommandBackend(host, uri, options)
+
+
+# Imported lazily so a machine without libvirt-python can still run local and command hosts.
+BACKEND_KINDS: Mapping[str, Callable[[str, str, Mapping[str, Any] | None], Backend]] = {
+    "local": _local,
+    "libvirt": _libvirt,
+    "command": _command,
+}
+
+
+def open_backend(kind: str, host: str, uri: str, options: Mapping[str, Any] | None = None) -> Backend:
+    """Build the backend of a host from its lab definition.
+
+    `options["faults"]`, a fault plan as plain data, wraps the backend in a FaultyBackend (tests).
+    Raises ValueError, with a one-line message, for an unknown kind or a malformed URI or option.
+    """
+    factory = BACKEND_KINDS.get(kind)
+    if factory is None:
+        raise ValueError(
+            f"unknown backend {kind!r} for host {host!r} (known: {', '.join(sorted(BACKEND_KINDS))})"
+        )
+    opts = dict(options or {})
+    faults = opts.pop("faults", None)
+    plan = FaultPlan.from_dict(faults) if faults else None
+    backend = factory(host, uri, opts)
+    return FaultyBackend(backend, plan) if plan is not None else backend

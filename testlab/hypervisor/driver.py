@@ -1,0 +1,161 @@
+"""Async facade over one host's blocking Backend.
+
+The engine is a single asyncio process driving many hosts; a libvirt call stuck on a dead SSH link
+must neither freeze the event loop nor let one host eat every thread. Each host therefore gets its
+own bounded pool, and every call has a deadline measured from the moment it is requested (time spent
+queued behind hung calls counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from testlab.hypervisor.base import (
+    AgentAddress,
+    Backend,
+    DomainState,
+    HostHealth,
+    HypervisorError,
+    OperationFailed,
+    OperationTimedOut,
+)
+
+log = logging.getLogger("testlab.hypervisor.driver")
+
+T = TypeVar("T")
+
+#: Seconds; a revert copies or rewrites a whole disk, a state query is one round trip.
+DEFAULT_TIMEOUTS: Mapping[str, float] = {
+    "revert": 360.0,
+    "state": 60.0,
+    "power_on": 120.0,
+    "power_off": 60.0,
+    "list_snapshots": 60.0,
+    "create_snapshot": 600.0,
+    "health": 60.0,
+    "power_cycle": 600.0,
+    "agent_address": 60.0,
+    "ensure_domain": 600.0,
+}
+
+
+class HostDriver:
+    """Runs one Backend's calls in a bounded thread pool, each under a deadline.
+
+    A call that overruns raises OperationTimedOut; its thread may keep running (threads cannot be
+    killed) but the pool never grows beyond `max_workers`, so a hung host only slows itself down.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_workers: int = 4,
+        timeouts: Mapping[str, float] | None = None,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        self.backend = backend
+        self.max_workers = max_workers
+        self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"host-{backend.host}")
+        self._closed = False
+
+    @property
+    def host(self) -> str:
+        return self.backend.host
+
+    async def _call(
+        self, op: str, timeout: float | None, fn: Callable[..., T], *args: Any, domain: str | None = None
+    ) -> T:
+        if self._closed:
+            raise OperationFailed(f"driver for host {self.host!r} is closed", host=self.host, domain=domain)
+        limit = self.timeouts[op] if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, functools.partial(_guarded, fn, *args))
+        try:
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            what = f"{op} of {domain!r}" if domain else op
+            log.warning("host %s: %s overran its %.1f s deadline", self.host, what, limit)
+            raise OperationTimedOut(
+                f"{what} on host {self.host!r} overran its {limit:g} s deadline",
+                host=self.host,
+                domain=domain,
+            ) from None
+        except HypervisorError as exc:
+            if exc.host is None:
+                exc.host = self.host
+            if exc.domain is None:
+                exc.domain = domain
+            raise
+
+    async def state(self, domain: str, *, timeout: float | None = None) -> DomainState:
+        return await self._call("state", timeout, self.backend.state, domain, domain=domain)
+
+    async def power_on(self, domain: str, *, timeout: float | None = None) -> None:
+        await self._call("power_on", timeout, self.backend.power_on, domain, domain=domain)
+
+    async def power_off(self, domain: str, *, timeout: float | None = None) -> None:
+        await self._call("power_off", timeout, self.backend.power_off, domain, domain=domain)
+
+    async def revert(self, domain: str, snapshot: str, *, timeout: float | None = None) -> None:
+        await self._call("revert", timeout, self.backend.revert, domain, snapshot, domain=domain)
+
+    async def list_snapshots(self, domain: str, *, timeout: float | None = None) -> list[str]:
+        return await self._call("list_snapshots", timeout, self.backend.list_snapshots, domain, domain=domain)
+
+    async def create_snapshot(self, domain: str, name: str, *, timeout: float | None = None) -> None:
+        await self._call(
+            "create_snapshot", timeout, self.backend.create_snapshot, domain, name, domain=domain
+        )
+
+    async def health(self, *, timeout: float | None = None) -> HostHealth:
+        return await self._call("health", timeout, self.backend.health)
+
+    async def power_cycle(self, *, timeout: float | None = None) -> None:
+        await self._call("power_cycle", timeout, self.backend.power_cycle)
+
+    async def agent_address(self, domain: str, *, timeout: float | None = None) -> AgentAddress | None:
+        return await self._call("agent_address", timeout, self.backend.agent_address, domain, domain=domain)
+
+    async def ensure_domain(self, domain: str, snapshot: str, *, timeout: float | None = None) -> None:
+        await self._call(
+            "ensure_domain", timeout, self.backend.ensure_domain, domain, snapshot, domain=domain
+        )
+
+    async def aclose(self, *, timeout: float = 10.0) -> None:
+        """Stop accepting calls and release the backend without waiting for hung threads."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"close-{self.host}")
+        try:
+            await asyncio.wait_for(loop.run_in_executor(closer, self.backend.close), timeout)
+        except TimeoutError:
+            log.warning("host %s: closing the backend overran %.1f s", self.host, timeout)
+        finally:
+            closer.shutdown(wait=False)
+
+    async def __aenter__(self) -> HostDriver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _guarded(fn: Callable[..., T], *args: Any) -> T:
+    """Turn stray exceptions into OperationFailed so the engine only has to know the typed errors."""
+    try:
+        return fn(*args)
+    except HypervisorError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any backend bug is an infrastructure error
+        raise OperationFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,616 @@
+"""Sandbox VMs on this machine: a domain is a directory, its disk a directory tree, its "OS" the agent.
+
+Everything lives on disk under the backend's directory (no in-memory state that matters), so the
+engine, the CLI, the tests and a restarted engine all see the same domains:
+
+    DIR/<domain>/disk/               the agent's work dir (the VM's disk)
+    DIR/<domain>/snapshots/<name>/   full copies of disk, immutable once created
+    DIR/<domain>/agent.json          token, and while powered on: port, pid, process start time
+    DIR/<domain>/agent.token         the token file handed to the agent
+    DIR/<domain>/agent.log           the agent's output
+    DIR/<domain>/.lock               flock held for every state-changing operation
+
+A revert must be exact and crash safe: the snapshot is copied next to disk/ and swapped in with one
+atomic rename, so a process killed at any moment leaves the old disk or the new one, never a mix.
+To keep the copy off the revert's critical path, a spare copy of the last reverted snapshot is
+prepared in the background after each revert; the next revert swaps it in directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from testlab.hypervisor.base import (
+    AgentAddress,
+    Backend,
+    DomainMissing,
+    DomainState,
+    HostHealth,
+    OperationFailed,
+    SnapshotMissing,
+)
+
+log = logging.getLogger("testlab.hypervisor.local")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "server.py"
+
+_RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the pid in its name
+_SPARE_PREFIX = ".spare-"  # a complete copy of a snapshot, ready to be swapped in
+_TRASH_PREFIX = ".trash-"  # an old disk or a stale copy, to delete
+
+
+def parse_local_uri(uri: str) -> Path:
+    """`local:///abs/dir` -> Path; anything else is a configuration error."""
+    parts = urlsplit(uri)
+    if parts.scheme != "local" or parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise ValueError(f"local backend URI must look like local:///absolute/dir, not {uri!r}")
+    return Path(parts.path)
+
+
+# ---------------------------------------------------------------------------------------- copying
+
+
+def _load_renameat2() -> Any:
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two paths; False when the kernel or filesystem cannot (caller falls back)."""
+    if _renameat2 is None:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def copy_tree(src: Path, dst: Path) -> str:
+    """Copy a tree preserving modes, times and symlinks, never sharing inodes with the source.
+
+    Hard links would make a task writing a file in place corrupt the snapshot, so this is a real copy,
+    or a reflink (copy-on-write) where the filesystem can. Returns the method name for reports.
+    """
+    cp = shutil.which("cp")
+    if cp:
+        proc = subprocess.run(
+            [cp, "-a", "--reflink=auto", "--no-target-directory", "--", str(src), str(dst)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise OperationFailed(f"copying {src} failed: {proc.stderr.strip()[-500:]}")
+        return "cp -a --reflink=auto"
+    shutil.copytree(src, dst, symlinks=True)
+    return "shutil.copytree"
+
+
+# ----------------------------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgid, start time in clock ticks) from /proc, None if the pid does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    """Alive and the same process: pids are reused, start times are not."""
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and st[3] == start_time
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below `root`: the agent's commands run in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st is not None:
+                children.setdefault(st[1], []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _processes_using(path: str) -> list[int]:
+    """Processes whose command line mentions `path`: agents whose pid record was lost in a crash."""
+    needle = os.fsencode(path)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in args:
+            found.append(int(entry))
+    return found
+
+
+def _kill_tree(pids: list[int]) -> None:
+    for pid in pids:
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------- backend
+
+
+class LocalBackend(Backend):
+    """Domains as directories under one base directory; see the module docstring for the layout.
+
+    Options: `agent_script` (path of the agent server, default testlab's own), `spare_copies` (bool,
+    default True: prepare the next revert's copy in the background), `boot_timeout` (seconds to wait
+    for the agent to answer, default 15).
+    """
+
+    kind = "local"
+
+    def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(host, uri, options)
+        self.root = parse_local_uri(uri)
+        self.agent_script = Path(self.options.get("agent_script", AGENT_SCRIPT))
+        self.spare_copies = bool(self.options.get("spare_copies", True))
+        self.boot_timeout = float(self.options.get("boot_timeout", 15.0))
+        self.copy_method = ""
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._thread_locks_guard = threading.Lock()
+
+    # ---- paths and validation
+
+    def _domain_dir(self, domain: str) -> Path:
+        if not isinstance(domain, str) or not _NAME_RE.match(domain):
+            raise OperationFailed(f"invalid domain name {domain!r}", host=self.host, domain=domain)
+        return self.root / domain
+
+    def _existing(self, domain: str) -> Path:
+        ddir = self._domain_dir(domain)
+        if not (ddir / "agent.json").is_file():
+            raise DomainMissing(
+                f"domain {domain!r} does not exist in {self.root}", host=self.host, domain=domain
+            )
+        return ddir
+
+    def _snapshot_dir(self, ddir: Path, domain: str, snapshot: str) -> Path:
+        if not isinstance(snapshot, str) or not _NAME_RE.match(snapshot):
+            raise OperationFailed(f"invalid snapshot name {snapshot!r}", host=self.host, domain=domain)
+        return ddir / "snapshots" / snapshot
+
+    @contextlib.contextmanager
+    def _locked(self, ddir: Path) -> Iterator[None]:
+        """Serialise operations on one domain across threads and processes."""
+        with self._thread_locks_guard:
+            tlock = self._thread_locks.setdefault(str(ddir), threading.Lock())
+        with tlock:
+            fd = os.open(ddir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._cleanup_stale(ddir)
+                yield
+            finally:
+                os.close(fd)
+
+    # ---- settings file
+
+    def _read_settings(self, ddir: Path) -> dict[str, Any]:
+        try:
+            return json.loads((ddir / "agent.json").read_text())
+        except FileNotFoundError:
+            raise DomainMissing(
+                f"domain {ddir.name!r} does not exist", host=self.host, domain=ddir.name
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise OperationFailed(f"unreadable settings for {ddir.name!r}: {exc}", host=self.host) from exc
+
+    def _write_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        tmp = ddir / f".agent.json.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        os.replace(tmp, ddir / "agent.json")
+
+    # ---- crash recovery
+
+    def _cleanup_stale(self, ddir: Path) -> None:
+        """Finish what a killed process left: a disk swapped out but not moved in, copies, trash."""
+        disk = ddir / "disk"
+        for entry in list(ddir.iterdir()):
+            name = entry.name
+            if name.startswith(_RESTORE_PREFIX) and name.endswith(".ready"):
+                if not disk.exists():
+                    os.rename(entry, disk)
+                else:
+                    self._discard(entry)
+            elif name.startswith(_RESTORE_PREFIX):
+                owner = name[len(_RESTORE_PREFIX) :].split("-", 1)[0]
+                if not (owner.isdigit() and int(owner) != os.getpid() and _pid_exists(int(owner))):
+                    if owner.isdigit() and int(owner) == os.getpid() and self._copy_in_flight(entry):
+                        continue
+                    self._discard(entry)
+            elif name.startswith(_TRASH_PREFIX):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def _copy_in_flight(self, path: Path) -> bool:
+        return str(path) in _in_flight
+
+    def _discard(self, path: Path) -> None:
+        trash = path.with_name(f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # ---- state
+
+    def state(self, domain: str) -> DomainState:
+        ddir = self._domain_dir(domain)
+        try:
+            settings = json.loads((ddir / "agent.json").read_text())
+        except FileNotFoundError:
+            return DomainState.MISSING
+        except (OSError, ValueError) as exc:
+            raise OperationFailed(f"unreadable settings for {domain!r}: {exc}", host=self.host) from exc
+        pid, start = settings.get("pid"), settings.get("start_time")
+        if pid and start is not None and _alive(int(pid), int(start)):
+            return DomainState.RUNNING
+        return DomainState.OFF
+
+    def agent_address(self, domain: str) -> AgentAddress | None:
+        settings = self._read_settings(self._existing(domain))
+        port = settings.get("port")
+        if not port:
+            return None
+        return AgentAddress(url=f"http://127.0.0.1:{port}", token=settings["token"])
+
+    # ---- power
+
+    def power_on(self, domain: str) -> None:
+        ddir = self._existing(domain)
+        with self._locked(ddir):
+            if self.state(domain) != DomainState.RUNNING:
+                self._start_agent(ddir)
+
+    def power_off(self, domain: str) -> None:
+        ddir = self._existing(domain)
+        with self._locked(ddir):
+            self._stop_agent(ddir)
+
+    def _start_agent(self, ddir: Path) -> None:
+        if not self.agent_script.is_file():
+            raise OperationFailed(
+                f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
+            )
+        self._stop_strays(ddir)
+        settings = self._read_settings(ddir)
+        token_file = ddir / "agent.token"
+        (ddir / "disk").mkdir(exist_ok=True)
+        last_error = ""
+        for _attempt in range(3):  # another process may grab the free port before the agent binds it
+            port = _free_port()
+            argv = [
+                sys.executable,
+                str(self.agent_script),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--token-file",
+                str(token_file),
+                "--workdir",
+                str(ddir / "disk"),
+            ]
+            with open(ddir / "agent.log", "ab") as logf:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd=ddir,
+                )
+            stat = _proc_stat(proc.pid)
+            settings.update(
+                port=port,
+                pid=proc.pid,
+                start_time=stat[3] if stat else None,
+                boots=int(settings.get("boots", 0)) + 1,
+            )
+            self._write_settings(ddir, settings)
+            boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
+            if boot_id:
+                settings["boot_id"] = boot_id
+                self._write_settings(ddir, settings)
+                return
+            self._stop_agent(ddir)
+        raise OperationFailed(
+            f"agent of {ddir.name!r} did not come up: {last_error} (see {ddir / 'agent.log'})",
+            host=self.host,
+            domain=ddir.name,
+        )
+
+    def _wait_for_agent(self, proc: subprocess.Popen[bytes], port: int, token: str) -> tuple[str, str]:
+        """Poll GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not)."""
+        deadline = time.monotonic() + self.boot_timeout
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/info", headers={"Authorization": f"Bearer {token}"}
+        )
+        error = "no answer"
+        delay = 0.01
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return "", f"agent exited with status {proc.returncode}"
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:
+                    return str(json.loads(resp.read()).get("boot_id", "")) or "unknown", ""
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                error = str(exc)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+        return "", f"no answer within {self.boot_timeout:g} s ({error})"
+
+    def _stop_agent(self, ddir: Path) -> None:
+        settings = self._read_settings(ddir)
+        pid, start = settings.get("pid"), settings.get("start_time")
+        if pid and start is not None and _alive(int(pid), int(start)):
+            self._kill_agent(ddir, int(pid), int(start))
+        self._stop_strays(ddir)
+        if settings.get("pid") or settings.get("port"):
+            for key in ("pid", "start_time", "port", "boot_id"):
+                settings.pop(key, None)
+            self._write_settings(ddir, settings)
+
+    def _stop_strays(self, ddir: Path) -> None:
+        """Kill agents of this domain that no record points to (their starter was killed mid-way)."""
+        strays = _processes_using(str(ddir / "agent.token"))
+        if strays:
+            log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
+            _kill_tree([p for pid in strays for p in (pid, *_descendants(pid))])
+            for pid in strays:
+                _reap(pid)
+
+    def break_agent(self, domain: str, mode: str = "kill") -> None:
+        """Fault injection: kill the agent ("kill": the domain reads as off) or freeze it ("stop": the
+        domain reads as running but its agent never answers), leaving the records untouched."""
+        settings = self._read_settings(self._existing(domain))
+        pid, start = settings.get("pid"), settings.get("start_time")
+        if not (pid and start is not None and _alive(int(pid), int(start))):
+            return
+        if mode == "stop":
+            os.kill(int(pid), signal.SIGSTOP)
+        else:
+            self._kill_agent(self._domain_dir(domain), int(pid), int(start))
+
+    def _kill_agent(self, ddir: Path, pid: int, start: int) -> None:
+        """SIGKILL the agent and everything it started, and wait until it is really gone."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)  # a stopped agent cannot start commands we would miss
+        _kill_tree([pid, *_descendants(pid)])
+        deadline = time.monotonic() + 10
+        while _alive(pid, start) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.005)
+        _reap(pid)
+        if _alive(pid, start):
+            raise OperationFailed(f"agent {pid} of {ddir.name!r} survived SIGKILL", host=self.host)
+
+    # ---- snapshots
+
+    def list_snapshots(self, domain: str) -> list[str]:
+        ddir = self._existing(domain)
+        snaps = ddir / "snapshots"
+        if not snaps.is_dir():
+            return []
+        return sorted(p.name for p in snaps.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+    def create_snapshot(self, domain: str, name: str) -> None:
+        ddir = self._existing(domain)
+        target = self._snapshot_dir(ddir, domain, name)
+        with self._locked(ddir):
+            if target.exists():
+                raise OperationFailed(f"domain {domain!r} already has a snapshot {name!r}", host=self.host)
+            self._snapshot_disk(ddir, target)
+
+    def _snapshot_disk(self, ddir: Path, target: Path) -> None:
+        target.parent.mkdir(exist_ok=True)
+        partial = target.parent / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            self.copy_method = copy_tree(ddir / "disk", partial)
+            os.rename(partial, target)
+        finally:
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def ensure_domain(self, domain: str, snapshot: str) -> None:
+        """Create what is missing: the domain (empty disk) and the snapshot (of the current disk)."""
+        ddir = self._domain_dir(domain)
+        self._snapshot_dir(ddir, domain, snapshot)  # validate before touching anything
+        if not (ddir / "agent.json").is_file():
+            ddir.mkdir(parents=True, exist_ok=True)
+            with self._locked(ddir):
+                if not (ddir / "agent.json").is_file():
+                    (ddir / "disk").mkdir(exist_ok=True)
+                    (ddir / "snapshots").mkdir(exist_ok=True)
+                    token = secrets.token_urlsafe(24)
+                    fd = os.open(ddir / "agent.token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(token + "\n")
+                    self._write_settings(ddir, {"token": token, "boots": 0})
+        if snapshot not in self.list_snapshots(domain):
+            with contextlib.suppress(OperationFailed):
+                self.create_snapshot(domain, snapshot)
+            if snapshot not in self.list_snapshots(domain):
+                raise OperationFailed(f"could not create snapshot {snapshot!r} of {domain!r}", host=self.host)
+
+    # ---- revert
+
+    def revert(self, domain: str, snapshot: str) -> None:
+        ddir = self._existing(domain)
+        source = self._snapshot_dir(ddir, domain, snapshot)
+        with self._locked(ddir):
+            if not source.is_dir():
+                raise SnapshotMissing(
+                    f"domain {domain!r} has no snapshot {snapshot!r}", host=self.host, domain=domain
+                )
+            self._stop_agent(ddir)
+            old = self._swap_in(ddir, source, snapshot)
+            self._start_agent(ddir)
+        if old is not None:
+            self._later(shutil.rmtree, old, True)
+        if self.spare_copies:
+            self._later(self._prepare_spare, ddir, source, snapshot)
+
+    def _swap_in(self, ddir: Path, source: Path, snapshot: str) -> Path | None:
+        """Put a fresh copy of `source` at disk/ atomically; return the old disk's new name."""
+        spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
+        fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.rename(spare, fresh)
+        except FileNotFoundError:
+            _in_flight.add(str(fresh))
+            try:
+                self.copy_method = copy_tree(source, fresh)
+            except BaseException:
+                shutil.rmtree(fresh, ignore_errors=True)
+                raise
+            finally:
+                _in_flight.discard(str(fresh))
+        disk = ddir / "disk"
+        trash = ddir / f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        if not disk.exists():
+            os.rename(fresh, disk)
+            return None
+        if exchange_paths(fresh, disk):
+            os.rename(fresh, trash)
+            return trash
+        # No atomic exchange: the ".ready" name marks a complete copy that recovery moves into place.
+        ready = fresh.with_name(fresh.name + ".ready")
+        os.rename(fresh, ready)
+        os.rename(disk, trash)
+        os.rename(ready, disk)
+        return trash
+
+    def _prepare_spare(self, ddir: Path, source: Path, snapshot: str) -> None:
+        spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
+        if spare.exists() or not source.is_dir():
+            return
+        partial = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        _in_flight.add(str(partial))
+        try:
+            copy_tree(source, partial)
+            os.rename(partial, spare)
+        except (OSError, OperationFailed) as exc:
+            log.warning("preparing a spare copy of %s/%s failed: %s", ddir.name, snapshot, exc)
+        finally:
+            _in_flight.discard(str(partial))
+            if partial.exists():
+                shutil.rmtree(partial, ignore_errors=True)
+
+    def _later(self, fn: Any, *args: Any) -> None:
+        try:
+            self._background.submit(fn, *args)
+        except RuntimeError:  # closed: do it now
+            fn(*args)
+
+    def wait_idle(self) -> None:
+        """Wait for background work (spare copies, deletions): benchmarks and tests want quiet disks."""
+        self._background.submit(lambda: None).result()
+
+    # ---- host
+
+    def health(self) -> HostHealth:
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError as exc:
+            return HostHealth(reachable=True, free_disk_bytes=None, detail=str(exc))
+        return HostHealth(reachable=True, free_disk_bytes=free, detail=str(self.root))
+
+    def domains(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "agent.json").is_file())
+
+    def power_cycle(self) -> None:
+        """Like pulling the plug of this machine: every running domain is powered off and on again."""
+        for domain in self.domains():
+            if self.state(domain) == DomainState.RUNNING:
+                self.power_off(domain)
+                self.power_on(domain)
+
+    def close(self) -> None:
+        self.wait_idle()
+
+
+# Copies being written by this process; recovery must not delete them under the writer's feet.
+_in_flight: set[str] = set()
+
+
+def _pid_exists(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")

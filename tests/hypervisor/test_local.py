@@ -1,0 +1,216 @@
+"""Local sandbox VMs: exact, crash-safe reverts; state shared through the directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from testlab.hypervisor import open_backend
+from testlab.hypervisor.base import Backend, DomainState, OperationFailed
+from testlab.hypervisor.local import LocalBackend
+
+from .conftest import make_local, need_agent, shutdown
+
+AGENT_STATE = ".agent"  # the agent's own bookkeeping inside its work dir
+
+
+def manifest(root: Path) -> dict[str, tuple[str, ...]]:
+    """Everything a revert must restore: type, mode, content or link target, per relative path."""
+    result: dict[str, tuple[str, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != AGENT_STATE]
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            st = path.lstat()
+            if path.is_symlink():
+                result[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                result[rel] = ("dir", oct(st.st_mode & 0o7777))
+            else:
+                result[rel] = (
+                    "file",
+                    oct(st.st_mode & 0o7777),
+                    hashlib.sha256(path.read_bytes()).hexdigest(),
+                )
+    return result
+
+
+def populate(disk: Path, files: int = 40, tag: str = "") -> None:
+    for i in range(files):
+        sub = disk / f"dir{i % 4}" / ("deep" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"file{i}.txt").write_text(f"{tag} content {i}\n" * (i + 1))
+    (disk / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (disk / "script.sh").chmod(0o755)
+    (disk / "link").symlink_to("dir1/file1.txt")
+
+
+def agent_info(backend: Backend, domain: str) -> dict[str, object]:
+    address = backend.agent_address(domain)
+    assert address is not None
+    request = urllib.request.Request(
+        f"{address.url}/v1/info", headers={"Authorization": f"Bearer {address.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.mark.parametrize("spare_copies", [True, False])
+def test_revert_restores_the_disk_exactly(tmp_path: Path, spare_copies: bool) -> None:
+    backend = make_local(tmp_path, spare_copies=spare_copies)
+    try:
+        disk = backend.root / "d1" / "disk"
+        populate(disk)
+        backend.create_snapshot("d1", "base")
+        expected = manifest(disk)
+        for _round in range(3):  # the second and third rounds use the spare copy when enabled
+            backend.power_on("d1")
+            (disk / "created.txt").write_text("new")
+            (disk / "dir1" / "newdir").mkdir()
+            (disk / "dir2" / "file2.txt").unlink()
+            (disk / "link").unlink()
+            with open(disk / "dir1" / "file1.txt", "r+b") as f:  # in place: would corrupt a hard link
+                f.write(b"XX")
+            (disk / "script.sh").chmod(0o600)
+            assert manifest(disk) != expected
+            backend.revert("d1", "base")
+            assert manifest(disk) == expected
+            assert manifest(backend.root / "d1" / "snapshots" / "base") == expected
+            assert backend.state("d1") == DomainState.RUNNING
+            backend.wait_idle()
+    finally:
+        shutdown(backend)
+
+
+def test_revert_gives_a_new_boot_and_a_working_agent(local_backend: LocalBackend) -> None:
+    local_backend.power_on("d1")
+    first = agent_info(local_backend, "d1")
+    local_backend.revert("d1", "clean")
+    second = agent_info(local_backend, "d1")
+    assert first["boot_id"] != second["boot_id"]
+    local_backend.power_off("d1")
+    assert local_backend.agent_address("d1") is None
+
+
+def test_state_is_shared_with_a_second_instance(local_backend: LocalBackend) -> None:
+    other = open_backend("local", "localhost", local_backend.uri)
+    local_backend.power_on("shared")
+    assert other.state("shared") == DomainState.RUNNING
+    assert other.agent_address("shared") == local_backend.agent_address("shared")
+    assert sorted(other.list_snapshots("shared")) == ["clean", "clean-fr"]
+    other.power_off("shared")
+    assert local_backend.state("shared") == DomainState.OFF
+
+
+def test_power_off_kills_a_process_left_running(local_backend: LocalBackend) -> None:
+    local_backend.power_on("d1")
+    pid = json.loads((local_backend.root / "d1" / "agent.json").read_text())["pid"]
+    local_backend.power_off("d1")
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+
+
+def test_ensure_domain_creates_domain_and_snapshot(tmp_path: Path) -> None:
+    need_agent()
+    backend = open_backend("local", "localhost", f"local://{tmp_path}/fresh")
+    assert backend.state("new") == DomainState.MISSING
+    backend.ensure_domain("new", "clean")
+    assert backend.state("new") == DomainState.OFF
+    assert backend.list_snapshots("new") == ["clean"]
+    backend.ensure_domain("new", "clean")  # idempotent
+    backend.revert("new", "clean")
+    assert backend.state("new") == DomainState.RUNNING
+    backend.power_off("new")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden"])
+def test_bad_names_are_refused_without_side_effects(local_backend: LocalBackend, name: str) -> None:
+    before = sorted(p.name for p in local_backend.root.iterdir())
+    with pytest.raises(OperationFailed):
+        local_backend.revert(name, "clean")
+    with pytest.raises(OperationFailed):
+        local_backend.revert("d1", name)
+    with pytest.raises(OperationFailed):
+        local_backend.ensure_domain(name, "clean")
+    assert sorted(p.name for p in local_backend.root.iterdir()) == before
+    assert local_backend.state("d1") == DomainState.OFF
+
+
+def test_bad_uri_is_refused() -> None:
+    with pytest.raises(ValueError, match="local:///"):
+        open_backend("local", "h", "local://relative/path")
+
+
+REVERT_LOOP = """
+import sys
+from testlab.hypervisor.local import LocalBackend
+backend = LocalBackend("localhost", sys.argv[1], {"spare_copies": sys.argv[2] == "1"})
+print("ready", flush=True)
+while True:
+    for snapshot in ("a", "b"):
+        backend.revert("d1", snapshot)
+"""
+
+
+@pytest.mark.slow
+def test_revert_killed_at_random_moments_leaves_old_or_new_disk(tmp_path: Path) -> None:
+    backend = make_local(tmp_path)
+    try:
+        disk = backend.root / "d1" / "disk"
+        populate(disk, files=60, tag="A")
+        backend.create_snapshot("d1", "a")
+        for path in sorted(disk.rglob("*.txt"))[::2]:
+            path.unlink()
+        populate(disk / "dir1", files=30, tag="B")
+        backend.create_snapshot("d1", "b")
+        valid = [manifest(backend.root / "d1" / "snapshots" / s) for s in ("a", "b")]
+        assert valid[0] != valid[1]
+        rng = random.Random(1234)
+        for i in range(20):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", REVERT_LOOP, backend.uri, str(i % 2)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.6))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert manifest(disk) in valid, f"half-reverted disk after kill #{i}"
+            backend.power_off("d1")  # also recovers: stray agents and copies of the dead process go
+            leftovers = [
+                p.name for p in (backend.root / "d1").iterdir() if p.name.startswith((".restore", ".trash"))
+            ]
+            assert leftovers == []
+            assert manifest(disk) in valid
+        backend.revert("d1", "a")
+        assert manifest(disk) == valid[0]
+    finally:
+        shutdown(backend)
+    token_file = str(backend.root / "d1" / "agent.token")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                assert token_file.encode() not in (entry / "cmdline").read_bytes().split(b"\0")
+
+
+def test_power_cycle_restarts_running_domains(local_backend: LocalBackend) -> None:
+    local_backend.power_on("d1")
+    before = agent_info(local_backend, "d1")["boot_id"]
+    local_backend.power_cycle()
+    assert local_backend.state("d1") == DomainState.RUNNING
+    assert local_backend.state("d2") == DomainState.OFF
+    assert agent_info(local_backend, "d1")["boot_id"] != before
