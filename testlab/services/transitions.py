@@ -83,11 +83,26 @@ def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> N
     for step_id, status in rows:
         by_step.setdefault(step_id, []).append(status)
     steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
-    for step in steps:
+    ended_badly: dict[int, str] = {}
+    for step in steps:  # in dependency order: a dependency is always rolled up before its dependents
+        if step.depends_on_id in ended_badly:
+            by_step[step.id] = _skip_queued(session, step, ended_badly[step.depends_on_id], now)
         _apply_rollup(session, step, rollup(by_step.get(step.id, ()), cancel_requested=job.cancel_requested),
                       job.id, now)
+        if step.status in TaskStatus.FINAL and step.status not in TaskStatus.SUCCESS:
+            ended_badly[step.id] = f"step {step.name} ended {step.status}"
     _apply_rollup(session, job, rollup((s.status for s in steps), cancel_requested=job.cancel_requested),
                   job.id, now)
+
+
+def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> list[str]:
+    """A step whose dependency did not complete cannot run: its queued tasks are skipped."""
+    statuses = []
+    for task in session.scalars(select(Task).where(Task.step_id == step.id)):
+        if task.status == TaskStatus.QUEUED:
+            set_task_status(session, task, TaskStatus.SKIPPED, reason, now=now)
+        statuses.append(task.status)
+    return statuses
 
 
 def _apply_rollup(session: Session, parent: Step | Job, new: str, job_id: int, now: datetime) -> None:

@@ -1,0 +1,3 @@
+from testlab.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""`testlab demo`: a sandbox lab on this machine running example jobs end to end."""

@@ -1,0 +1,33 @@
+"""Engine tunables, from the environment (TESTLAB_<NAME>, e.g. TESTLAB_MAX_TRIES=5)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    max_tries: int = 3  # starts of a task before it ends `boterror`
+    max_vm_errors: int = 3  # consecutive infrastructure errors before a VM goes offline
+    revert_timeout: float = 360.0  # seconds for a revert, agent included
+    poweroff_timeout: float = 120.0
+    agent_boot_timeout: float = 120.0  # seconds for the agent to answer after a revert
+    agent_retry_deadline: float = 60.0  # how long a lost agent is retried before it counts as an error
+    task_margin: float = 120.0  # engine-side deadline beyond a task's own timeout
+    monitor_interval: float = 60.0  # first re-checks of an offline VM
+    monitor_backoff: float = 1800.0  # re-checks after repeated failures
+    monitor_timeout: float = 360.0
+    poll_interval: float = 0.05  # how often the event history is polled for changes
+    tick: float = 1.0  # re-plan at least this often (deadlines, monitor)
+    lease_ttl: float = 15.0  # an engine that stops renewing its lease for this long is presumed dead
+
+    @staticmethod
+    def from_env(environ: dict[str, str] | None = None) -> EngineOptions:
+        env = os.environ if environ is None else environ
+        values = {}
+        for field in fields(EngineOptions):
+            raw = env.get(f"TESTLAB_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = type(getattr(EngineOptions(), field.name))(float(raw))
+        return EngineOptions(**values)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.engine.harness import EngineProcess
+
+
+@pytest.fixture
+def settings(lab_db):
+    return lab_db.settings
+
+
+@pytest.fixture
+def engine_process(settings):
+    engines: list[EngineProcess] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> EngineProcess:
+        engine = EngineProcess(settings, extra_env).start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        engine.stop()
