@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from testlab.agent.client import AgentClient
@@ -13,18 +12,13 @@ from testlab.hypervisor import open_backend
 from testlab.hypervisor.base import Backend, OperationFailed
 from testlab.hypervisor.driver import HostDriver
 
-FAULT_PLAN_ENV = "TESTLAB_FAULT_PLAN"
-
 
 def _with_faults(backend: Backend) -> Backend:
-    """Tests run the engine with a fault plan (a JSON file named in the environment); never in production."""
-    plan_file = os.environ.get(FAULT_PLAN_ENV)
-    if not plan_file:
-        return backend
+    """Tests run the engine with a fault plan (JSON in TESTLAB_FAULT_PLAN); never set in production."""
     from testlab.hypervisor.faults import FaultPlan, FaultyBackend
 
-    plan = FaultPlan.from_dict(json.loads(Path(plan_file).read_text()))
-    return FaultyBackend(backend, plan)
+    plan = FaultPlan.from_env()
+    return backend if plan is None else FaultyBackend(backend, plan)
 
 
 class Connections:
