@@ -1,0 +1,31 @@
+"""The scheduler: a pure function from a snapshot of the lab to the actions of one round."""
+
+from testlab.scheduler.classify import SnapshotError
+from testlab.scheduler.plan import plan
+from testlab.scheduler.snapshot import (
+    Action,
+    HostLimits,
+    HostView,
+    Plan,
+    PowerOff,
+    Revert,
+    Snapshot,
+    StartTask,
+    TaskView,
+    VMView,
+)
+
+__all__ = [
+    "Action",
+    "HostLimits",
+    "HostView",
+    "Plan",
+    "PowerOff",
+    "Revert",
+    "Snapshot",
+    "SnapshotError",
+    "StartTask",
+    "TaskView",
+    "VMView",
+    "plan",
+]

@@ -1,0 +1,175 @@
+"""The lab as one planning round sees it: per-host counters, domain ownership and usable VMs.
+
+Everything here is a private, mutable working copy built from the immutable snapshot, so the
+planner can account for the effect of each action it decides before deciding the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from testlab.domain.statuses import VMRole, VMStatus
+from testlab.scheduler.snapshot import HostLimits, Snapshot, VMView
+
+
+class SnapshotError(ValueError):
+    """The snapshot is malformed (unknown status, role, host or stage, negative limit)."""
+
+
+# Statuses whose VM can be given up to make room: it holds nothing that cannot be recreated.
+LAMB_RANK = {VMStatus.DIRTY: 0, VMStatus.SLEEPING: 1, VMStatus.IDLE: 2}
+ROLE_RANK = {VMRole.BASE: 0, VMRole.EXTRA: 1}
+_LIMIT_NAMES = (
+    "max_active",
+    "max_running",
+    "max_reverting",
+    "max_reverts_while_running",
+    "max_ready_when_idle",
+)
+
+
+@dataclass(slots=True)
+class HostState:
+    """Live counters of one host; `move` keeps them true as the plan changes VM statuses."""
+
+    name: str
+    limits: HostLimits
+    up: bool
+    vms: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VMStatus.ALL, 0))
+    queued: bool = False  # some usable VM of the host is needed by a queued task
+
+    def move(self, old: str, new: str) -> None:
+        self.counts[old] -= 1
+        self.counts[new] += 1
+
+    @property
+    def active(self) -> int:
+        c = self.counts
+        return c["dirty"] + c["reverting"] + c["sleeping"] + c["idle"] + c["running"]
+
+    @property
+    def running(self) -> int:
+        return self.counts["running"]
+
+    @property
+    def reverting(self) -> int:
+        # The settle period after a revert is part of the revert: it still loads the host.
+        return self.counts["reverting"] + self.counts["sleeping"]
+
+    @property
+    def ready(self) -> int:
+        c = self.counts
+        return c["idle"] + c["sleeping"] + c["reverting"]
+
+
+DomainKey = tuple[str, str]  # (host, domain name): the same domain name on two hosts is two domains
+_NO_OWNERS: list[str] = []
+
+
+@dataclass(slots=True)
+class Lab:
+    snapshot: Snapshot
+    hosts: dict[str, HostState]
+    owners: dict[DomainKey, list[str]]  # the VMs holding each domain (absent: free)
+    status: dict[str, str]  # current status, updated as actions are planned
+    usable: set[str]  # VMs the scheduler may act on (status, role, host, maintenance request)
+    busy: set[str]
+    acted: set[str] = field(default_factory=set)
+    touched: set[DomainKey] = field(default_factory=set)  # domains an action of this plan concerns
+
+    def owners_of(self, key: DomainKey) -> list[str]:
+        return self.owners.get(key, _NO_OWNERS)
+
+    def contested(self, key: DomainKey) -> bool:
+        """Held by several VMs: inconsistent input the planner must not build on."""
+        return len(self.owners.get(key, _NO_OWNERS)) > 1
+
+
+def frozen_reason(vm: VMView, host_up: bool) -> str | None:
+    """Why the scheduler may never act on `vm` as things stand, or None if it may."""
+    if not host_up:
+        return f"host {vm.host} is down"
+    if vm.status == VMStatus.MAINTENANCE:
+        return f"vm {vm.name} is in maintenance"
+    if vm.status == VMStatus.OFFLINE:
+        return f"vm {vm.name} is offline"
+    if vm.role not in VMRole.ENABLED:
+        return f"vm {vm.name} is {vm.role}"
+    if vm.maintenance_requested:
+        return f"maintenance requested on vm {vm.name}"
+    return None
+
+
+def _check_limits(name: str, limits: HostLimits) -> None:
+    for attr in _LIMIT_NAMES:
+        value = getattr(limits, attr)
+        if not isinstance(value, int) or value < 0:
+            raise SnapshotError(f"host {name}: {attr} must be a non-negative integer, got {value!r}")
+
+
+def classify(snapshot: Snapshot) -> Lab:
+    """Validate the snapshot and build the working state in one pass over hosts and VMs."""
+    hosts: dict[str, HostState] = {}
+    for name, view in snapshot.hosts.items():
+        _check_limits(name, view.limits)
+        hosts[name] = HostState(name=name, limits=view.limits, up=view.up)
+
+    owners: dict[DomainKey, list[str]] = {}
+    status: dict[str, str] = {}
+    usable: set[str] = set()
+    busy: set[str] = set()
+    all_statuses = VMStatus.ALL
+    all_roles = VMRole.ALL
+    enabled = VMRole.ENABLED
+    untouchable = VMStatus.UNTOUCHABLE
+    for name, vm in snapshot.vms.items():
+        vm_status = vm.status
+        if vm_status not in all_statuses:
+            raise SnapshotError(f"vm {name}: unknown status {vm_status!r}")
+        if vm.role not in all_roles:
+            raise SnapshotError(f"vm {name}: unknown role {vm.role!r}")
+        host = hosts.get(vm.host)
+        if host is None:
+            raise SnapshotError(f"vm {name}: unknown host {vm.host!r}")
+        host.vms.append(name)
+        host.counts[vm_status] += 1
+        status[name] = vm_status
+        if vm.busy or vm_status == VMStatus.RUNNING:
+            busy.add(name)
+        if host.up and vm_status not in untouchable and vm.role in enabled and not vm.maintenance_requested:
+            usable.add(name)
+        # Cautious: any status but off (offline and maintenance too) may have the domain powered on.
+        if vm_status != VMStatus.OFF or vm.busy:
+            key = (vm.host, vm.domain)
+            held = owners.get(key)
+            if held is None:
+                owners[key] = [name]
+            else:
+                held.append(name)
+    return Lab(snapshot=snapshot, hosts=hosts, owners=owners, status=status, usable=usable, busy=busy)
+
+
+def blocked_reason(lab: Lab, vm_name: str) -> str | None:
+    """Why the queued tasks of `vm_name` can never run as things stand; None if they only wait."""
+    vm = lab.snapshot.vms.get(vm_name)
+    if vm is None:
+        return f"vm {vm_name} does not exist"
+    host = lab.hosts[vm.host]
+    reason = frozen_reason(vm, host.up)
+    if reason is not None:
+        return reason
+    for other in sorted(lab.owners_of((vm.host, vm.domain))):
+        if other != vm_name:
+            other_vm = lab.snapshot.vms[other]
+            why = frozen_reason(other_vm, True)
+            if why is not None:
+                return f"domain {vm.domain} on host {vm.host} is held by vm {other} ({why})"
+    limits = host.limits
+    if limits.max_running == 0:
+        return f"host {vm.host} allows no running vm (max_running is 0)"
+    if vm.status in (VMStatus.OFF, VMStatus.DIRTY) and limits.max_reverting == 0:
+        return f"host {vm.host} allows no revert (max_reverting is 0)"
+    if vm.status == VMStatus.OFF and limits.max_active == 0:
+        return f"host {vm.host} allows no active vm (max_active is 0)"
+    return None

@@ -1,0 +1,71 @@
+"""What the queue asks of each VM, reduced to one comparable "niceness" key per VM.
+
+Lower niceness = more urgent. Keys are tuples so that runnable needs, next-step needs, keep-ready
+("future") needs and no need at all compare in that order, and ties always break by VM name:
+the plan never depends on dictionary order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from testlab.scheduler.classify import ROLE_RANK, SnapshotError
+from testlab.scheduler.snapshot import TaskView, VMView
+
+Niceness = tuple[int, int, int, str]
+RUNNABLE, NEXT, FUTURE, UNNEEDED = 0, 1, 2, 3
+
+
+@dataclass(slots=True)
+class Needs:
+    """Insertion order of both maps is queue order, so walking them needs no sort."""
+
+    runnable: dict[str, int]  # VM -> index in the queue of its first stage-0 task
+    next: dict[str, int]  # VM -> index of its first stage-1 task, for VMs with no stage-0 task
+
+    def niceness(self, vm: VMView, host_queued: bool) -> Niceness:
+        name = vm.name
+        index = self.runnable.get(name)
+        if index is not None:
+            return (RUNNABLE, index, 0, name)
+        index = self.next.get(name)
+        if index is not None:
+            return (NEXT, index, 0, name)
+        if not host_queued:
+            return future_niceness(vm)
+        return (UNNEEDED, 0, 0, name)
+
+    def needed(self, name: str) -> bool:
+        return name in self.runnable or name in self.next
+
+    def drop(self, name: str) -> None:
+        self.runnable.pop(name, None)
+        self.next.pop(name, None)
+
+
+def future_niceness(vm: VMView) -> Niceness:
+    """Keep-ready order when a host has nothing queued: base before extra, then the most used."""
+    return (FUTURE, ROLE_RANK.get(vm.role, len(ROLE_RANK)), -vm.recent_demand, vm.name)
+
+
+def scan_tasks(tasks: Sequence[TaskView]) -> Needs:
+    """The one pass over the queue: each VM's first runnable task and first next-step task."""
+    runnable: dict[str, int] = {}
+    later: dict[str, int] = {}
+    index = -1
+    for task in tasks:
+        index += 1
+        vm = task.vm
+        stage = task.stage
+        if stage == 0:
+            if vm not in runnable:
+                runnable[vm] = index
+        elif stage == 1:
+            if vm not in later:
+                later[vm] = index
+        else:
+            raise SnapshotError(f"task {task.id}: stage must be 0 or 1, got {stage!r}")
+    if runnable:
+        later = {name: index for name, index in later.items() if name not in runnable}
+    return Needs(runnable=runnable, next=later)

@@ -1,0 +1,189 @@
+"""plan(snapshot) -> Plan: one greedy, pure scheduling round.
+
+The engine re-plans after every change it observes, so a round only has to be right for this
+moment: start what can start, prepare the VMs the queue needs next (most urgent first, within
+the host limits, making room by sacrifice or domain displacement where allowed), keep a few VMs
+ready on hosts with nothing queued, and power off dirty VMs nothing needs. Every decision updates
+the working counters at once, so later decisions see the effect of earlier ones.
+"""
+
+from __future__ import annotations
+
+from testlab.domain.statuses import VMStatus
+from testlab.scheduler.classify import Lab, blocked_reason, classify
+from testlab.scheduler.needs import NEXT, RUNNABLE, Needs, Niceness, future_niceness, scan_tasks
+from testlab.scheduler.sacrifice import can_displace, pick_lamb
+from testlab.scheduler.snapshot import Action, Plan, PowerOff, Revert, Snapshot, StartTask
+
+_REVERTIBLE = (VMStatus.OFF, VMStatus.DIRTY)
+
+
+def plan(snapshot: Snapshot) -> Plan:
+    """Decide this round's actions. Pure and deterministic: the snapshot carries all it needs.
+
+    Raises SnapshotError (a ValueError) with a one-line message for a malformed snapshot.
+    """
+    lab = classify(snapshot)
+    needs = scan_tasks(snapshot.tasks)
+    blocked = _block(lab, needs)
+    planner = _Planner(lab, needs, blocked)
+    planner.start_tasks()
+    planner.prepare()
+    planner.power_off_unneeded()
+    return Plan(actions=tuple(planner.actions), blocked=blocked)
+
+
+def _block(lab: Lab, needs: Needs) -> dict[str, str]:
+    """Record the VMs whose tasks can never run as things stand, and forget their needs."""
+    blocked: dict[str, str] = {}
+    vms = lab.snapshot.vms
+    usable = lab.usable
+    for name in (*needs.runnable, *needs.next):
+        if name in usable:  # fast path for the common case: nothing in the way at all
+            vm = vms[name]
+            host = lab.hosts[vm.host]
+            limits = host.limits
+            owners = lab.owners.get((vm.host, vm.domain))
+            if (
+                limits.max_running
+                and limits.max_reverting
+                and limits.max_active
+                and (owners is None or (len(owners) == 1 and owners[0] == name) or usable.issuperset(owners))
+            ):
+                host.queued = True
+                continue
+        reason = blocked_reason(lab, name)
+        if reason is None:
+            lab.hosts[vms[name].host].queued = True
+        else:
+            blocked[name] = reason
+    for name in blocked:
+        needs.drop(name)
+    return blocked
+
+
+class _Planner:
+    def __init__(self, lab: Lab, needs: Needs, blocked: dict[str, str]) -> None:
+        self.lab = lab
+        self.needs = needs
+        self.blocked = blocked
+        self.actions: list[Action] = []
+
+    def _mark(self, name: str, new_status: str) -> None:
+        lab = self.lab
+        vm = lab.snapshot.vms[name]
+        lab.hosts[vm.host].move(lab.status[name], new_status)
+        lab.status[name] = new_status
+        lab.acted.add(name)
+
+    def start_tasks(self) -> None:
+        """Runnable tasks whose VM is idle start now, in queue order, within the running limits."""
+        lab = self.lab
+        vms = lab.snapshot.vms
+        tasks = lab.snapshot.tasks
+        status, busy, usable = lab.status, lab.busy, lab.usable
+        idle = VMStatus.IDLE
+        for name, index in self.needs.runnable.items():
+            if status[name] != idle or name in busy or name not in usable:
+                continue
+            vm = vms[name]
+            key = (vm.host, vm.domain)
+            if key in lab.touched or lab.contested(key):
+                continue
+            host = lab.hosts[vm.host]
+            limits = host.limits
+            if host.running + 1 > limits.max_running:
+                continue
+            if host.reverting and host.reverting > limits.max_reverts_while_running:
+                continue
+            self._mark(name, VMStatus.RUNNING)
+            lab.touched.add(key)
+            self.actions.append(StartTask(task_id=tasks[index].id, vm=name))
+
+    def prepare(self) -> None:
+        """Revert needed VMs, most urgent first: runnable, then next steps, then keep-ready."""
+        lab = self.lab
+        vms = lab.snapshot.vms
+        status = lab.status
+        # The status test is repeated here only to spare a call for the many VMs already up.
+        for name, index in self.needs.runnable.items():
+            if status[name] in _REVERTIBLE:
+                self._try_revert(name, (RUNNABLE, index, 0, name), "needed")
+        for name, index in self.needs.next.items():
+            if status[name] in _REVERTIBLE:
+                self._try_revert(name, (NEXT, index, 0, name), "next")
+        for _, host in sorted(lab.hosts.items()):
+            if host.queued or not host.up:
+                continue
+            spare = [vms[n] for n in host.vms if status[n] in _REVERTIBLE and n in lab.usable]
+            for niceness in sorted(future_niceness(vm) for vm in spare):
+                self._try_revert(niceness[3], niceness, "ready")
+
+    def _try_revert(self, name: str, need: Niceness, reason: str) -> None:
+        lab = self.lab
+        status = lab.status[name]
+        if status not in _REVERTIBLE or name in lab.busy or name in lab.acted or name not in lab.usable:
+            return
+        if name in self.blocked:
+            return  # keeping ready a VM whose tasks cannot run would only waste a slot
+        vm = lab.snapshot.vms[name]
+        key = (vm.host, vm.domain)
+        if key in lab.touched:
+            return
+        owners = lab.owners_of(key)
+        if len(owners) > 1:
+            return
+        displace = None
+        if owners and owners[0] != name:
+            owner = owners[0]
+            # Taking a domain away is only worth it for work that can start as soon as it is ready.
+            if need[0] != RUNNABLE or not can_displace(lab, self.needs, owner, need):
+                return
+            displace = owner
+
+        host = lab.hosts[vm.host]
+        limits = host.limits
+        if host.reverting + 1 > limits.max_reverting:
+            return
+        if host.running and host.reverting + 1 > limits.max_reverts_while_running:
+            return
+        future = reason == "ready"
+        if future and host.ready + 1 > limits.max_ready_when_idle:
+            return
+        lamb = None
+        if status == VMStatus.OFF and displace is None and host.active + 1 > limits.max_active:
+            if host.active > limits.max_active:
+                return  # over a lowered limit: one sacrifice would not make room
+            lamb = pick_lamb(lab, self.needs, host, need, dirty_only=future)
+            if lamb is None:
+                return
+
+        if lamb is not None:
+            self._mark(lamb, VMStatus.OFF)
+            lamb_vm = lab.snapshot.vms[lamb]
+            lamb_key = (lamb_vm.host, lamb_vm.domain)
+            lab.owners[lamb_key].remove(lamb)
+            lab.touched.add(lamb_key)
+            self.actions.append(PowerOff(vm=lamb, reason="sacrifice"))
+        if displace is not None:
+            self._mark(displace, VMStatus.OFF)
+        self._mark(name, VMStatus.REVERTING)
+        lab.owners[key] = [name]
+        lab.touched.add(key)
+        self.actions.append(Revert(vm=name, displace=displace, reason=reason))
+
+    def power_off_unneeded(self) -> None:
+        """Dirty VMs nothing queued needs go off; so do dirty holders of a contested domain."""
+        lab = self.lab
+        vms = lab.snapshot.vms
+        victims = []
+        for name, status in lab.status.items():
+            if status != VMStatus.DIRTY or name in lab.busy or name in lab.acted or name not in lab.usable:
+                continue
+            vm = vms[name]
+            if self.needs.needed(name) and not lab.contested((vm.host, vm.domain)):
+                continue
+            victims.append(name)
+        for name in sorted(victims):
+            self._mark(name, VMStatus.OFF)
+            self.actions.append(PowerOff(vm=name, reason="unneeded"))
