@@ -150,27 +150,35 @@ class _Planner:
         future = reason == "ready"
         if future and host.ready + 1 > limits.max_ready_when_idle:
             return
-        lamb = None
         if status == VMStatus.OFF and displace is None and host.active + 1 > limits.max_active:
-            if host.active > limits.max_active:
-                return  # over a lowered limit: one sacrifice would not make room
-            lamb = pick_lamb(lab, self.needs, host, need, dirty_only=future)
-            if lamb is None:
-                return
+            self._sacrifice_for(name, host, need, future)
+            return
 
-        if lamb is not None:
-            self._mark(lamb, VMStatus.OFF)
-            lamb_vm = lab.snapshot.vms[lamb]
-            lamb_key = (lamb_vm.host, lamb_vm.domain)
-            lab.owners[lamb_key].remove(lamb)
-            lab.touched.add(lamb_key)
-            self.actions.append(PowerOff(vm=lamb, reason="sacrifice"))
         if displace is not None:
             self._mark(displace, VMStatus.OFF)
         self._mark(name, VMStatus.REVERTING)
         lab.owners[key] = [name]
         lab.touched.add(key)
         self.actions.append(Revert(vm=name, displace=displace, reason=reason))
+
+    def _sacrifice_for(self, name: str, host, need: Niceness, future: bool) -> None:
+        """Make room on a full host: power a lamb off now; `name` is reverted in a later round, once
+        the lamb is really off, so the host never has more active VMs than its limit, not even while
+        the power-off runs. While an earlier power-off is still making room, nothing more is given up."""
+        lab = self.lab
+        limits = host.limits
+        if host.active > limits.max_active:
+            return  # over a lowered limit: one sacrifice would not make room
+        if any(lab.status[other] == VMStatus.DIRTY and other in lab.busy for other in host.vms):
+            return  # a power-off in flight is already making room
+        lamb = pick_lamb(lab, self.needs, host, need, dirty_only=future)
+        if lamb is None:
+            return
+        lamb_vm = lab.snapshot.vms[lamb]
+        lab.acted.add(lamb)
+        lab.touched.add((lamb_vm.host, lamb_vm.domain))
+        lab.acted.add(name)
+        self.actions.append(PowerOff(vm=lamb, reason="sacrifice"))
 
     def power_off_unneeded(self) -> None:
         """Dirty VMs nothing queued needs go off; so do dirty holders of a contested domain."""

@@ -118,19 +118,29 @@ def test_full_host_sacrifices_an_unneeded_idle_vm():
         [task(1, "a")],
         limits=HostLimits(max_reverts_while_running=1),
     )
-    assert actions(snap) == [PowerOff(vm="b", reason="sacrifice"), Revert(vm="a", reason="needed")]
+    assert actions(snap) == [PowerOff(vm="b", reason="sacrifice")]
+
+
+def test_revert_waits_until_the_sacrificed_vm_is_off():
+    """The limit holds even while the power-off runs: no second sacrifice, no revert yet."""
+    limits = HostLimits(max_reverts_while_running=1)
+    powering_off = lab([vm("a"), vm("b", "dirty", busy=True), vm("c", "running", busy=True)], [task(1, "a")],
+                       limits=limits)
+    assert actions(powering_off) == []
+    room_made = lab([vm("a"), vm("b", "off"), vm("c", "running", busy=True)], [task(1, "a")], limits=limits)
+    assert actions(room_made) == [Revert(vm="a", reason="needed")]
 
 
 def test_dirty_lamb_goes_before_idle_lamb():
     snap = lab([vm("a"), vm("b", "idle"), vm("c", "dirty")], [task(1, "a")])
-    assert actions(snap)[:2] == [PowerOff(vm="c", reason="sacrifice"), Revert(vm="a", reason="needed")]
+    assert actions(snap)[:1] == [PowerOff(vm="c", reason="sacrifice")]
 
 
 def test_sleeping_lamb_goes_before_idle_lamb():
     snap = lab(
         [vm("a"), vm("b", "idle"), vm("c", "sleeping")], [task(1, "a")], limits=HostLimits(max_reverting=2)
     )
-    assert actions(snap) == [PowerOff(vm="c", reason="sacrifice"), Revert(vm="a", reason="needed")]
+    assert actions(snap) == [PowerOff(vm="c", reason="sacrifice")]
 
 
 def test_least_useful_idle_lamb_goes_first():
@@ -138,7 +148,7 @@ def test_least_useful_idle_lamb_goes_first():
         [vm("a"), vm("b", "idle"), vm("c", "idle")],
         [task(1, "a", priority=1), task(2, "b", stage=1, priority=2)],
     )
-    assert actions(snap) == [PowerOff(vm="c", reason="sacrifice"), Revert(vm="a", reason="needed")]
+    assert actions(snap) == [PowerOff(vm="c", reason="sacrifice")]
 
 
 def test_never_sacrifice_a_vm_needed_more_urgently():
@@ -192,7 +202,7 @@ def test_keep_ready_never_sacrifices_idle_vms():
 def test_keep_ready_may_sacrifice_a_dirty_vm():
     limits = HostLimits(max_active=1, max_ready_when_idle=2)
     snap = lab([vm("a", "dirty", role="extra"), vm("b")], limits=limits)
-    assert actions(snap) == [PowerOff(vm="a", reason="sacrifice"), Revert(vm="b", reason="ready")]
+    assert actions(snap) == [PowerOff(vm="a", reason="sacrifice")]
 
 
 def test_no_keep_ready_on_a_host_with_queued_work():
