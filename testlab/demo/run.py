@@ -15,11 +15,11 @@ from sqlalchemy import select
 from testlab.cli.context import current_user
 from testlab.cli.output import styled
 from testlab.config import Settings
-from testlab.db.models import VM, Job, Step, Task
+from testlab.db.models import VM, Host, Job, Step, Task
 from testlab.db.session import session_scope, upgrade
 from testlab.domain.jobfile import parse_job
 from testlab.domain.labfile import parse_lab_text
-from testlab.domain.statuses import TaskStatus
+from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.engine.daemon import Engine
 from testlab.engine.options import EngineOptions
 from testlab.services.hosts import prepare_domains
@@ -52,6 +52,20 @@ def setup(settings: Settings) -> list[int]:
         with session_scope(settings.database_url) as session:
             job_ids.append(submit_job(session, settings, definition, owner=current_user()))
     return job_ids
+
+
+def shut_down(settings: Settings) -> None:
+    """Power the sandbox VMs off so the demo leaves no process behind; the next run reverts them."""
+    from testlab.services.hosts import backend_for
+    from testlab.services.transitions import set_vm_status
+
+    with session_scope(settings.database_url) as session:
+        for vm in session.scalars(select(VM).join(VM.host).where(Host.backend == "local")):
+            backend_for(vm.host).power_off(vm.domain)
+            vm.boot_id = None
+            vm.operation = vm.operation_started = vm.operation_deadline = None
+            if vm.status not in (VMStatus.OFFLINE, VMStatus.MAINTENANCE):
+                set_vm_status(session, vm, VMStatus.OFF, "demo finished: powered off")
 
 
 def _statuses(settings: Settings, job_ids: list[int]) -> dict[int, str]:
@@ -106,6 +120,7 @@ def run_demo(settings: Settings, *, timeout: float = 120.0) -> int:
             live.update(_board(settings, job_ids, started))
 
     asyncio.run(main())
+    shut_down(settings)
     statuses = _statuses(settings, job_ids)
     elapsed = time.monotonic() - started
     results = Table(title="results", title_justify="left")

@@ -38,13 +38,15 @@ async def _check_task(connections: Connections, work: TaskWork) -> str:
         return "never-started"
     try:
         agent = await connections.agent(work.vm, work.agent_url)
-        info = await asyncio.wait_for(agent.info(), CHECK_TIMEOUT)
-        if info.boot_id != work.boot_id:
-            return f"the VM rebooted (boot {info.boot_id[:8]})"
-        await asyncio.wait_for(agent.status(work.command_id), CHECK_TIMEOUT)
+        try:
+            state = await asyncio.wait_for(agent.status(work.command_id), CHECK_TIMEOUT)
+        except CommandUnknown:
+            # Same agent boot and no such command: the engine died before starting it.
+            info = await asyncio.wait_for(agent.info(), CHECK_TIMEOUT)
+            return "never-started" if info.boot_id == work.boot_id else "the VM was reverted or rebooted"
+        if state.boot_id != work.boot_id:
+            return f"the VM rebooted (boot {state.boot_id[:8]})"
         return "live"
-    except CommandUnknown:
-        return "never-started"
     except (AgentError, HypervisorError, TimeoutError) as error:
         return f"agent unreachable ({type(error).__name__})"
 

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engine.harness import EngineProcess
+from tests.engine.harness import EngineProcess, power_off_lab
 
 
 @pytest.fixture
 def settings(lab_db):
-    return lab_db.settings
+    yield lab_db.settings
+    power_off_lab(lab_db.settings)
 
 
 @pytest.fixture

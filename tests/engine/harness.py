@@ -166,3 +166,19 @@ def check_history(settings: Settings) -> None:
             assert count["active"] <= host.max_active, f"event {event_id}: host {host.name} active {count['active']}"
             assert count[VMStatus.RUNNING] <= host.max_running, f"event {event_id}: host {host.name} running"
             assert count[VMStatus.REVERTING] <= host.max_reverting, f"event {event_id}: host {host.name} reverting"
+
+
+def power_off_lab(settings: Settings) -> None:
+    """Stop every sandbox VM of the lab (their agents and commands outlive the engine by design)."""
+    from testlab.hypervisor import open_backend
+
+    try:
+        with session_scope(settings.database_url) as session:
+            hosts = [(h.name, h.uri) for h in session.scalars(select(Host).where(Host.backend == "local"))]
+    except Exception:  # the test may have failed before the schema existed
+        return
+    for name, uri in hosts:
+        backend = open_backend("local", name, uri)
+        for domain in backend.domains():
+            backend.power_off(domain)
+        backend.close()
