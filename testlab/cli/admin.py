@@ -32,9 +32,19 @@ def vm_list(as_json: bool) -> None:
     print_table(
         None,
         ["vm", "host", "domain", "snapshot", "role", "status", "errors", "labels"],
-        [(v["name"], v["host"], v["domain"], v["snapshot"], v["role"],
-          styled(v["status"]) + (" (maintenance requested)" if v["maintenance_requested"] else ""),
-          v["errors"], ",".join(v["labels"])) for v in vms],
+        [
+            (
+                v["name"],
+                v["host"],
+                v["domain"],
+                v["snapshot"],
+                v["role"],
+                styled(v["status"]) + (" (maintenance requested)" if v["maintenance_requested"] else ""),
+                v["errors"],
+                ",".join(v["labels"]),
+            )
+            for v in vms
+        ],
     )
 
 
@@ -53,8 +63,12 @@ def vm_show(name: str, as_json: bool) -> None:
 
 @vm.command("set")
 @click.argument("name")
-@click.option("--maintenance", "change", flag_value="maintenance",
-              help="Take the VM out of service (after its current task).")
+@click.option(
+    "--maintenance",
+    "change",
+    flag_value="maintenance",
+    help="Take the VM out of service (after its current task).",
+)
 @click.option("--no-maintenance", "change", flag_value="no-maintenance", help="End maintenance.")
 @click.option("--offline", "change", flag_value="offline", help="Mark offline: the monitor checks it.")
 @click.option("--enable", "change", flag_value="enable", help="Return an offline/maintenance VM to service.")

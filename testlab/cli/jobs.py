@@ -48,8 +48,10 @@ def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
     print_table(
         None,
         ["id", "name", "owner", "prio", "status", "submitted", "ended"],
-        [(j["id"], j["name"], j["owner"], j["priority"], styled(j["status"]), j["submitted"], j["ended"])
-         for j in jobs],
+        [
+            (j["id"], j["name"], j["owner"], j["priority"], styled(j["status"]), j["submitted"], j["ended"])
+            for j in jobs
+        ],
     )
 
 
@@ -63,11 +65,19 @@ def job_show(job_id: int, as_json: bool) -> None:
         print_json(view)
         return
     print_table(
-        f"job {view['id']} {view['name']}: {view['status']} (priority {view['priority']}, by {view['owner']})",
+        f"job {view['id']} {view['name']}: {view['status']} "
+        f"(priority {view['priority']}, by {view['owner']})",
         ["step", "task", "vm", "status", "tries", "exit", "detail"],
         [
-            (step["name"], task["number"], task["vm"], styled(task["status"]), task["tries"], task["exit_code"],
-             task["detail"])
+            (
+                step["name"],
+                task["number"],
+                task["vm"],
+                styled(task["status"]),
+                task["tries"],
+                task["exit_code"],
+                task["detail"],
+            )
             for step in view["steps"]
             for task in step["tasks"]
         ],

@@ -36,7 +36,11 @@ def lab_apply(file: Path) -> None:
     if not report.changed:
         click.echo("lab unchanged")
         return
-    for kind, names in (("created", report.created), ("updated", report.updated), ("retired", report.retired)):
+    for kind, names in (
+        ("created", report.created),
+        ("updated", report.updated),
+        ("retired", report.retired),
+    ):
         if names:
             click.echo(f"{kind}: {', '.join(names)}")
 
@@ -65,8 +69,16 @@ def host_list(as_json: bool) -> None:
         None,
         ["host", "backend", "uri", "status", "vms", "active", "running", "reverting"],
         [
-            (h["name"], h["backend"], h["uri"], styled(h["status"]), h["vms"], h["limits"]["max_active"],
-             h["limits"]["max_running"], h["limits"]["max_reverting"])
+            (
+                h["name"],
+                h["backend"],
+                h["uri"],
+                styled(h["status"]),
+                h["vms"],
+                h["limits"]["max_active"],
+                h["limits"]["max_running"],
+                h["limits"]["max_reverting"],
+            )
             for h in hosts
         ],
     )
@@ -89,4 +101,6 @@ def host_set(name: str, status: str | None) -> None:
 def host_power_cycle(name: str, timeout: float) -> None:
     """Run the host's power-cycle command; its VMs are then treated as dirty."""
     with database() as session:
-        click.echo(host_service.power_cycle(session, get_host(session, name), timeout=timeout, by=current_user()))
+        click.echo(
+            host_service.power_cycle(session, get_host(session, name), timeout=timeout, by=current_user())
+        )

@@ -23,8 +23,10 @@ def engine(verbose: bool) -> None:
     from testlab.engine.lease import LeaseHeld
     from testlab.services.errors import UserError
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         run_engine(settings())
     except LeaseHeld as error:
@@ -40,8 +42,9 @@ def demo(timeout: float) -> None:
     raise SystemExit(run_demo(settings(), timeout=timeout))
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                 "help_option_names": []})
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+)
 @click.pass_context
 def agent(ctx: click.Context) -> None:
     """Run the guest agent (same options as `python3 server.py`; see `testlab agent --help`)."""

@@ -89,5 +89,7 @@ def upgrade(url: str) -> None:
 def check_schema(url: str) -> None:
     current = current_revision(url)
     if current != head_revision():
-        state = "has no testlab schema" if current is None else f"schema is at {current}, not {head_revision()}"
+        state = (
+            "has no testlab schema" if current is None else f"schema is at {current}, not {head_revision()}"
+        )
         raise SchemaOutOfDate(f"the database {state}: run `testlab init`")

@@ -131,6 +131,8 @@ def run_demo(settings: Settings, *, timeout: float = 120.0) -> int:
         results.add_row(str(job_id), name, styled(statuses[job_id]), expected)
         ok &= statuses[job_id] == expected
     console.print(results)
-    console.print(f"{'all jobs ended as expected' if ok else 'UNEXPECTED RESULTS'} in {elapsed:.1f}s; "
-                  f"logs and artifacts under {settings.jobs_dir}")
+    console.print(
+        f"{'all jobs ended as expected' if ok else 'UNEXPECTED RESULTS'} in {elapsed:.1f}s; "
+        f"logs and artifacts under {settings.jobs_dir}"
+    )
     return 0 if ok else 1

@@ -35,7 +35,9 @@ class Connections:
             key = (backend, uri, json.dumps(commands, sort_keys=True))
             if self._keys.get(name) == key:
                 continue
-            self.drivers[name] = HostDriver(_with_faults(open_backend(backend, name, uri, {"commands": commands})))
+            self.drivers[name] = HostDriver(
+                _with_faults(open_backend(backend, name, uri, {"commands": commands}))
+            )
             self._keys[name] = key
             self.tokens[name] = Path(token_file).read_text().strip() if token_file else None
 
@@ -51,13 +53,19 @@ class Connections:
             url = url or vm.agent_url
             token = self.tokens.get(vm.host)
             if not url or token is None:
-                raise OperationFailed(f"vm {vm.name} has no agent address or its host no agent token",
-                                      host=vm.host, domain=vm.domain)
+                raise OperationFailed(
+                    f"vm {vm.name} has no agent address or its host no agent token",
+                    host=vm.host,
+                    domain=vm.domain,
+                )
         key = (url, token)
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = AgentClient(
-                url, token, connect_timeout=5.0, request_timeout=30.0,
+                url,
+                token,
+                connect_timeout=5.0,
+                request_timeout=30.0,
                 retry_deadline=self.options.agent_retry_deadline,
             )
         return client

@@ -37,7 +37,9 @@ class Engine:
         self.options = options or EngineOptions.from_env()
         self.store = Store(settings, self.options)
         self.connections = Connections(self.options)
-        self._db_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="testlab-db")
+        self._db_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="testlab-db"
+        )
         self.operations = Operations(self.store, self.connections, self.db)
         self.holder = lease.holder_id()
         self.inflight: dict[str, asyncio.Task] = {}  # VM name -> its operation

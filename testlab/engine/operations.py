@@ -41,8 +41,9 @@ class Operations:
             driver = self.connections.driver(vm.host)
             await driver.revert(vm.domain, vm.snapshot, timeout=work.timeout)
             agent = await self.connections.agent(vm)
-            info = await agent.wait_until_up(timeout=self.store.options.agent_boot_timeout,
-                                             not_boot_id=vm.boot_id)
+            info = await agent.wait_until_up(
+                timeout=self.store.options.agent_boot_timeout, not_boot_id=vm.boot_id
+            )
             if work.sleep > 0:
                 await self.db(self.store.revert_settling, vm.id, info.boot_id, None)
                 await asyncio.sleep(work.sleep)
@@ -86,13 +87,20 @@ class Operations:
                     raise CommandUnknown(f"the VM rebooted before the task started (boot {info.boot_id[:8]})")
                 for local, remote in work.uploads:
                     await agent.upload(local, remote)
-                await agent.start(work.command_id, shell=work.command, cwd=work.remote_dir, env=work.env,
-                                  timeout=work.timeout)
+                await agent.start(
+                    work.command_id,
+                    shell=work.command,
+                    cwd=work.remote_dir,
+                    env=work.env,
+                    timeout=work.timeout,
+                )
             work.output_dir.mkdir(parents=True, exist_ok=True)
             log_path = work.output_dir / "log"
             state = await self._follow(agent, work, log_path)
             missing = await self._collect(agent, work)
-            detail = _result_detail(state) + (f"; no artifact matched {', '.join(missing)}" if missing else "")
+            detail = _result_detail(state) + (
+                f"; no artifact matched {', '.join(missing)}" if missing else ""
+            )
             await self.db(self.store.task_finished, work.task_id, state.state, state.exit_code, detail)
         except CommandUnknown as error:
             await self.db(self.store.task_requeue, work.task_id, f"the VM lost the task: {error}")
@@ -114,7 +122,7 @@ class Operations:
                     timeout=work.deadline_seconds,
                 )
             except TimeoutError:
-                # The agent should have enforced the timeout itself; it did not answer in time, so the engine does.
+                # The agent should have enforced the timeout; it did not answer in time, so the engine does.
                 await agent.kill(work.command_id)
                 return await agent.status(work.command_id)
 

@@ -25,7 +25,9 @@ async def reconcile(store: Store, connections: Connections, db: Database) -> lis
     verdicts = await asyncio.gather(*(_check_task(connections, work) for work in running))
     live = {w.task_id for w, v in zip(running, verdicts, strict=True) if v == "live"}
     never = {w.task_id for w, v in zip(running, verdicts, strict=True) if v == "never-started"}
-    dead = {w.task_id: v for w, v in zip(running, verdicts, strict=True) if v not in ("live", "never-started")}
+    dead = {
+        w.task_id: v for w, v in zip(running, verdicts, strict=True) if v not in ("live", "never-started")
+    }
     idle_checks = await asyncio.gather(*(_check_idle(connections, vm) for vm in idle))
     idle_ok = {vm.id for vm, ok in zip(idle, idle_checks, strict=True) if ok}
     await db(store.reconcile_apply, live, never, dead, idle_ok)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -135,11 +134,19 @@ class Store:
             select(Task, VM, Job.cancel_requested)
             .join(VM, Task.vm_id == VM.id)
             .join(Job, Task.job_id == Job.id)
-            .where(Task.status == TaskStatus.RUNNING, (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)))
+            .where(
+                Task.status == TaskStatus.RUNNING,
+                (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)),
+            )
         ).all()
         return [
-            KillWork(task.id, vm_ref(vm, host_names.get(vm.host_id, "")), task.command_id or "", task.agent_url,
-                     "job canceled" if canceled else "maintenance with abort")
+            KillWork(
+                task.id,
+                vm_ref(vm, host_names.get(vm.host_id, "")),
+                task.command_id or "",
+                task.agent_url,
+                "job canceled" if canceled else "maintenance with abort",
+            )
             for task, vm, canceled in rows
             if task.command_id
         ]
@@ -148,8 +155,13 @@ class Store:
         self, session: Session, vms: list[VM], host_names: dict[int, str], inflight: frozenset[str]
     ) -> list[MonitorWork]:
         now = utcnow()
-        in_use = {(vm.host_id, vm.domain) for vm in vms if vm.status not in (VMStatus.OFF, VMStatus.OFFLINE)
-                  or vm.operation is not None or vm.name in inflight}
+        in_use = {
+            (vm.host_id, vm.domain)
+            for vm in vms
+            if vm.status not in (VMStatus.OFF, VMStatus.OFFLINE)
+            or vm.operation is not None
+            or vm.name in inflight
+        }
         return [
             MonitorWork(vm_ref(vm, host_names[vm.host_id]), self.options.monitor_timeout)
             for vm in vms
@@ -189,9 +201,15 @@ class Store:
         if vm.status not in (VMStatus.OFF, VMStatus.DIRTY, VMStatus.IDLE, VMStatus.SLEEPING):
             return []
         if owner is not None:
-            if owner.operation is not None or owner.status not in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.DIRTY):
+            if owner.operation is not None or owner.status not in (
+                VMStatus.IDLE,
+                VMStatus.SLEEPING,
+                VMStatus.DIRTY,
+            ):
                 return []
-            set_vm_status(session, owner, VMStatus.OFF, f"domain {owner.domain} taken over by {vm.name}", now=now)
+            set_vm_status(
+                session, owner, VMStatus.OFF, f"domain {owner.domain} taken over by {vm.name}", now=now
+            )
         set_vm_status(session, vm, VMStatus.REVERTING, f"revert to {vm.snapshot} ({action.reason})", now=now)
         self._set_operation(vm, "revert", self.options.revert_timeout + host.sleep_after_revert, now)
         return [RevertWork(vm_ref(vm, host.name), host.sleep_after_revert, self.options.revert_timeout)]
@@ -222,8 +240,12 @@ class Store:
         task.boot_id = vm.boot_id
         task.exit_code = task.failures = None
         task.detail = ""
-        set_task_status(session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", now=now)
-        set_vm_status(session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now)
+        set_task_status(
+            session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", now=now
+        )
+        set_vm_status(
+            session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now
+        )
         self._set_operation(vm, "task", task.timeout + self.options.task_margin, now)
         roll_up_job(session, job, now=now)
         return [self._task_work(session, task, vm, host, job, step)]
@@ -236,8 +258,11 @@ class Store:
             for dependency_id in session.scalars(select(Task.id).where(Task.step_id == step.depends_on_id)):
                 root = job_dir / "tasks" / str(dependency_id) / "artifacts"
                 if root.is_dir():
-                    uploads += [(path, f"{remote_dir}/{path.relative_to(root).as_posix()}")
-                                for path in sorted(root.rglob("*")) if path.is_file()]
+                    uploads += [
+                        (path, f"{remote_dir}/{path.relative_to(root).as_posix()}")
+                        for path in sorted(root.rglob("*"))
+                        if path.is_file()
+                    ]
         env = {
             **step.env,
             "TESTLAB_JOB": str(job.id),
@@ -263,7 +288,9 @@ class Store:
             deadline_seconds=task.timeout + self.options.task_margin,
         )
 
-    def _set_operation(self, vm: VM, operation: str | None, seconds: float = 0, now: datetime | None = None) -> None:
+    def _set_operation(
+        self, vm: VM, operation: str | None, seconds: float = 0, now: datetime | None = None
+    ) -> None:
         vm.operation = operation
         if operation is None:
             vm.operation_started = vm.operation_deadline = None
@@ -277,7 +304,9 @@ class Store:
     def _vm(self, session: Session, vm_id: int) -> VM:
         return session.get(VM, vm_id)
 
-    def _release(self, session: Session, vm: VM, status: str, reason: str, *, task: Task | None = None) -> None:
+    def _release(
+        self, session: Session, vm: VM, status: str, reason: str, *, task: Task | None = None
+    ) -> None:
         """End the VM's operation; a pending maintenance request takes effect now."""
         self._set_operation(vm, None)
         if vm.maintenance_requested:
@@ -316,8 +345,12 @@ class Store:
             vm.maintenance_requested = vm.abort_requested = False
             vm.next_check = utcnow() + timedelta(seconds=self.options.monitor_interval)
             set_vm_status(session, vm, VMStatus.OFFLINE, f"{reason} (error {vm.errors}: offline)")
-            record_event(session, "notify", f"vm {vm.name} is offline after {vm.errors} consecutive errors: "
-                         f"{reason}", vm=vm)
+            record_event(
+                session,
+                "notify",
+                f"vm {vm.name} is offline after {vm.errors} consecutive errors: {reason}",
+                vm=vm,
+            )
         else:
             self._release(session, vm, VMStatus.DIRTY, f"{reason} (error {vm.errors})")
 
@@ -352,7 +385,9 @@ class Store:
             self._release(session, self._vm(session, task.vm_id), VMStatus.DIRTY, reason, task=task)
             roll_up_job(session, session.get(Job, task.job_id))
 
-    def task_requeue(self, task_id: int, reason: str, *, count_try: bool = True, vm_error: bool = True) -> None:
+    def task_requeue(
+        self, task_id: int, reason: str, *, count_try: bool = True, vm_error: bool = True
+    ) -> None:
         with self.session() as session:
             task = session.get(Task, task_id)
             self._requeue(session, task, reason, count_try=count_try, vm_error=vm_error)
@@ -426,7 +461,9 @@ class Store:
                 running.append(self._task_work(session, task, vm, hosts[vm.host_id], job, step))
             idle = [
                 vm_ref(vm, hosts[vm.host_id].name)
-                for vm in session.scalars(select(VM).where(VM.status == VMStatus.IDLE, VM.role != VMRole.DELETED))
+                for vm in session.scalars(
+                    select(VM).where(VM.status == VMStatus.IDLE, VM.role != VMRole.DELETED)
+                )
             ]
             return running, idle
 
@@ -438,12 +475,22 @@ class Store:
             busy_vms = set()
             for task_id in sorted(never_started):
                 task = session.get(Task, task_id)
-                self._requeue(session, task, "engine restarted before the command started",
-                              count_try=False, vm_error=False)
+                self._requeue(
+                    session,
+                    task,
+                    "engine restarted before the command started",
+                    count_try=False,
+                    vm_error=False,
+                )
             for task_id, reason in sorted(dead.items()):
                 task = session.get(Task, task_id)
-                self._requeue(session, task, f"engine restarted and the work had died: {reason}",
-                              count_try=True, vm_error=False)
+                self._requeue(
+                    session,
+                    task,
+                    f"engine restarted and the work had died: {reason}",
+                    count_try=True,
+                    vm_error=False,
+                )
             for task_id in live:
                 busy_vms.add(session.get(Task, task_id).vm_id)
             for vm in session.scalars(select(VM)):
@@ -461,5 +508,9 @@ class Store:
                     self._set_operation(vm, None)
                     if vm.status not in (VMStatus.OFF, VMStatus.OFFLINE, VMStatus.MAINTENANCE):
                         set_vm_status(session, vm, VMStatus.DIRTY, "engine restarted during its operation")
-            record_event(session, "engine", f"engine started: {len(live)} task(s) re-attached, "
-                         f"{len(dead)} requeued, {len(never_started)} never started")
+            record_event(
+                session,
+                "engine",
+                f"engine started: {len(live)} task(s) re-attached, "
+                f"{len(dead)} requeued, {len(never_started)} never started",
+            )

@@ -113,7 +113,10 @@ class Backend(abc.ABC):
         if self.state(domain) == DomainState.MISSING:
             raise DomainMissing(f"domain {domain!r} does not exist", host=self.host, domain=domain)
         if snapshot not in self.list_snapshots(domain):
-            raise SnapshotMissing(f"domain {domain!r} has no snapshot {snapshot!r}", host=self.host, domain=domain)
+            raise SnapshotMissing(
+                f"domain {domain!r} has no snapshot {snapshot!r}", host=self.host, domain=domain
+            )
 
     def close(self) -> None:
         """Release connections; the backend may be used again afterwards (it reconnects)."""
+        return None

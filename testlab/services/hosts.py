@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 from testlab.db.models import VM, Host
 from testlab.domain.labfile import LabDef
 from testlab.domain.statuses import VMStatus
-
 from testlab.hypervisor.base import Backend, OperationTimedOut
 from testlab.services.transitions import record_event, set_vm_status
 

@@ -92,7 +92,9 @@ def submit_job(
                 for task_number, vm_name in enumerate(targets[step.name], start=1)
             ]
         session.execute(insert(Task), task_rows)
-        record_event(session, "job", f"job {row.id} submitted by {owner}", job_id=row.id, new=row.status, now=now)
+        record_event(
+            session, "job", f"job {row.id} submitted by {owner}", job_id=row.id, new=row.status, now=now
+        )
         session.flush()
         staging.rename(settings.job_dir(row.id))
     except BaseException:
@@ -136,7 +138,9 @@ def restart_job(session: Session, settings: Settings, job_id: int, *, now: datet
     session.execute(
         update(Task)
         .where(Task.job_id == job_id)
-        .values(tries=0, exit_code=None, failures=None, detail="", agent_url=None, boot_id=None, command_id=None)
+        .values(
+            tries=0, exit_code=None, failures=None, detail="", agent_url=None, boot_id=None, command_id=None
+        )
     )
     record_event(session, "job", f"job {job_id} restarted", job_id=job_id, now=now)
     roll_up_job(session, job, now=now)

@@ -100,7 +100,9 @@ def apply_lab(session: Session, lab: LabDef) -> ApplyReport:
     for host in hosts.values():
         if host.name not in named_hosts and not host.retired:
             host.retired = True
-            record_event(session, "lab", f"host {host.name} retired: no longer in the lab file", host_id=host.id)
+            record_event(
+                session, "lab", f"host {host.name} retired: no longer in the lab file", host_id=host.id
+            )
             report.retired.append(f"host {host.name}")
     session.flush()
     return report

@@ -87,12 +87,18 @@ def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> N
     for step in steps:  # in dependency order: a dependency is always rolled up before its dependents
         if step.depends_on_id in ended_badly:
             by_step[step.id] = _skip_queued(session, step, ended_badly[step.depends_on_id], now)
-        _apply_rollup(session, step, rollup(by_step.get(step.id, ()), cancel_requested=job.cancel_requested),
-                      job.id, now)
+        _apply_rollup(
+            session,
+            step,
+            rollup(by_step.get(step.id, ()), cancel_requested=job.cancel_requested),
+            job.id,
+            now,
+        )
         if step.status in TaskStatus.FINAL and step.status not in TaskStatus.SUCCESS:
             ended_badly[step.id] = f"step {step.name} ended {step.status}"
-    _apply_rollup(session, job, rollup((s.status for s in steps), cancel_requested=job.cancel_requested),
-                  job.id, now)
+    _apply_rollup(
+        session, job, rollup((s.status for s in steps), cancel_requested=job.cancel_requested), job.id, now
+    )
 
 
 def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> list[str]:

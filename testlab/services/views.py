@@ -85,7 +85,9 @@ def list_jobs(session: Session, status: str | None = None, limit: int | None = N
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     vm_names = dict(session.execute(select(VM.id, VM.name)).all())
     steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
-    tasks = session.scalars(select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)).all()
+    tasks = session.scalars(
+        select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)
+    ).all()
     by_step: dict[int, list[Task]] = {}
     for task in tasks:
         by_step.setdefault(task.step_id, []).append(task)

@@ -77,7 +77,13 @@ def set_host_status(session: Session, host: Host, status: str, *, by: str = "adm
     if status not in HostStatus.ALL:
         raise UserError(f"host status must be one of {sorted(HostStatus.ALL)}")
     if host.status != status:
-        record_event(session, "host", f"host {host.name} marked {status} by {by}", host_id=host.id,
-                     old=host.status, new=status)
+        record_event(
+            session,
+            "host",
+            f"host {host.name} marked {status} by {by}",
+            host_id=host.id,
+            old=host.status,
+            new=status,
+        )
         host.status = status
     return f"host {host.name} is {status}"

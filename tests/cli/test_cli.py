@@ -58,7 +58,10 @@ def test_listings_have_stable_json_keys(testlab, lab_file):
     hosts = json.loads(testlab("host", "list", "--json").output)
     assert {h["name"] for h in hosts} == {"h1", "h2"}
     vms = json.loads(testlab("vm", "list", "--json").output)
-    assert {(v["name"], v["host"], v["status"]) for v in vms} >= {("win10", "h1", "off"), ("linux", "h2", "off")}
+    assert {(v["name"], v["host"], v["status"]) for v in vms} >= {
+        ("win10", "h1", "off"),
+        ("linux", "h2", "off"),
+    }
     shown = json.loads(testlab("vm", "show", "win10-fr", "--json").output)
     assert shown["domain"] == "win10" and shown["snapshot"] == "clean-fr"
     assert "win10" in testlab("vm", "list").output
@@ -164,7 +167,9 @@ def test_vm_set(testlab, lab_file):
 def test_host_up_down(testlab, lab_file):
     testlab("lab", "apply", lab_file)
     testlab("host", "set", "h1", "--down")
-    assert {h["name"]: h["status"] for h in json.loads(testlab("host", "list", "--json").output)}["h1"] == "down"
+    assert {h["name"]: h["status"] for h in json.loads(testlab("host", "list", "--json").output)}[
+        "h1"
+    ] == "down"
     testlab("host", "set", "h1", "--up")
 
 

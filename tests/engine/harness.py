@@ -33,19 +33,29 @@ FAST_ENGINE = {
 }
 
 
-def make_lab(settings: Settings, root: Path, hosts: dict[str, list[str]], limits: str = "",
-             shared: dict[str, tuple[str, str]] | None = None) -> None:
+def make_lab(
+    settings: Settings,
+    root: Path,
+    hosts: dict[str, list[str]],
+    limits: str = "",
+    shared: dict[str, tuple[str, str]] | None = None,
+) -> None:
     """hosts: host name -> VM names. shared: VM name -> (domain, snapshot) for VMs sharing a domain."""
     shared = shared or {}
     lines = ["hosts:"]
     for host in hosts:
-        lines.append(f"  - {{name: {host}, backend: local, uri: 'local://{root}/{host}'"
-                     + (f", limits: {{{limits}}}" if limits else "") + "}")
+        lines.append(
+            f"  - {{name: {host}, backend: local, uri: 'local://{root}/{host}'"
+            + (f", limits: {{{limits}}}" if limits else "")
+            + "}"
+        )
     lines.append("vms:")
     for host, vms in hosts.items():
         for vm in vms:
             domain, snapshot = shared.get(vm, (vm, "clean"))
-            lines.append(f"  - {{name: {vm}, host: {host}, domain: {domain}, snapshot: {snapshot}, labels: [all]}}")
+            lines.append(
+                f"  - {{name: {vm}, host: {host}, domain: {domain}, snapshot: {snapshot}, labels: [all]}}"
+            )
     lab = parse_lab_text("\n".join(lines) + "\n", "test lab", root)
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
@@ -54,7 +64,9 @@ def make_lab(settings: Settings, root: Path, hosts: dict[str, list[str]], limits
         prepare_domains(lab)
 
 
-def submit(settings: Settings, directory: Path, name: str, text: str, files: dict[str, str] | None = None) -> int:
+def submit(
+    settings: Settings, directory: Path, name: str, text: str, files: dict[str, str] | None = None
+) -> int:
     job_dir = directory / name
     job_dir.mkdir(parents=True, exist_ok=True)
     for relative, content in (files or {}).items():
@@ -67,15 +79,24 @@ def submit(settings: Settings, directory: Path, name: str, text: str, files: dic
 
 class EngineProcess:
     def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None, log: Path | None = None):
-        self.env = {**os.environ, "TESTLAB_HOME": str(settings.home), "TESTLAB_DB": settings.database_url,
-                    **FAST_ENGINE, **(extra_env or {})}
+        self.env = {
+            **os.environ,
+            "TESTLAB_HOME": str(settings.home),
+            "TESTLAB_DB": settings.database_url,
+            **FAST_ENGINE,
+            **(extra_env or {}),
+        }
         self.log = log or settings.home / "engine.log"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> EngineProcess:
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "testlab", "engine", "-v"], env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "testlab", "engine", "-v"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def kill(self) -> None:
@@ -113,7 +134,9 @@ def wait_for(condition, timeout: float, interval: float = 0.1, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_for_jobs(settings: Settings, job_ids: list[int], timeout: float, engine: EngineProcess | None = None):
+def wait_for_jobs(
+    settings: Settings, job_ids: list[int], timeout: float, engine: EngineProcess | None = None
+):
     def done():
         if engine is not None and not engine.alive():
             raise AssertionError(f"engine exited: {engine.log.read_text()[-3000:]}")
@@ -128,8 +151,17 @@ def task_rows(settings: Settings, job_id: int) -> list[dict]:
         rows = session.execute(
             select(Task, VM.name).join(VM, Task.vm_id == VM.id).where(Task.job_id == job_id).order_by(Task.id)
         ).all()
-        return [{"id": t.id, "vm": name, "status": t.status, "tries": t.tries, "exit_code": t.exit_code,
-                 "detail": t.detail} for t, name in rows]
+        return [
+            {
+                "id": t.id,
+                "vm": name,
+                "status": t.status,
+                "tries": t.tries,
+                "exit_code": t.exit_code,
+                "detail": t.detail,
+            }
+            for t, name in rows
+        ]
 
 
 def vm_status(settings: Settings, name: str) -> dict:
@@ -145,11 +177,14 @@ def check_history(settings: Settings) -> None:
         vms = {v.id: v for v in session.scalars(select(VM))}
         events = session.execute(
             select(Event.id, Event.vm_id, Event.old_status, Event.new_status, Event.reason)
-            .where(Event.kind == "vm", Event.new_status.is_not(None)).order_by(Event.id)
+            .where(Event.kind == "vm", Event.new_status.is_not(None))
+            .order_by(Event.id)
         ).all()
     status = {vm_id: VMStatus.OFF for vm_id in vms}
     for event_id, vm_id, old, new, reason in events:
-        assert status[vm_id] == old or old is None, f"event {event_id}: {vms[vm_id].name} was {status[vm_id]}, not {old}"
+        assert status[vm_id] == old or old is None, (
+            f"event {event_id}: {vms[vm_id].name} was {status[vm_id]}, not {old}"
+        )
         status[vm_id] = new
         owners: dict[tuple, list[str]] = defaultdict(list)
         counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -159,13 +194,17 @@ def check_history(settings: Settings) -> None:
                 owners[(vm.host_id, vm.domain)].append(vm.name)
                 counts[vm.host_id]["active"] += 1
             counts[vm.host_id][other_status] += 1
-        for (host_id, domain), names in owners.items():
+        for (_host_id, domain), names in owners.items():
             assert len(names) <= 1, f"event {event_id} ({reason}): domain {domain} used by {names}"
         for host_id, count in counts.items():
             host = hosts[host_id]
-            assert count["active"] <= host.max_active, f"event {event_id}: host {host.name} active {count['active']}"
+            assert count["active"] <= host.max_active, (
+                f"event {event_id}: host {host.name} active {count['active']}"
+            )
             assert count[VMStatus.RUNNING] <= host.max_running, f"event {event_id}: host {host.name} running"
-            assert count[VMStatus.REVERTING] <= host.max_reverting, f"event {event_id}: host {host.name} reverting"
+            assert count[VMStatus.REVERTING] <= host.max_reverting, (
+                f"event {event_id}: host {host.name} reverting"
+            )
 
 
 def power_off_lab(settings: Settings) -> None:

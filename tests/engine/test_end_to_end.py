@@ -36,19 +36,37 @@ steps:
     run: test "$(cat out/product)" = "built on {build}" && echo "tested on $TESTLAB_VM"
     timeout: 30s
 """
-BUILD = "mkdir -p out && echo \"built on $TESTLAB_VM\" > out/product && echo building\n"
+BUILD = 'mkdir -p out && echo "built on $TESTLAB_VM" > out/product && echo building\n'
 
 
 def test_jobs_run_end_to_end_with_artifacts_failures_and_timeouts(settings, tmp_path, engine_process):
-    make_lab(settings, tmp_path / "vms", {"h1": ["a1", "a2", "a3"], "h2": ["b1", "b2"]},
-             limits="max_active: 2, max_running: 2, max_reverting: 1, max_reverts_while_running: 1",
-             shared={"a2": ("shared", "one"), "a3": ("shared", "two")})
-    good = submit(settings, tmp_path, "good", BUILD_AND_TEST.format(build="a1", tests="[a2, a3, b1, b2]"),
-                  {"build.sh": BUILD})
-    failing = submit(settings, tmp_path, "failing", "name: f\nsteps:\n  - {name: s, vms: [b1], run: exit 4}\n"
-                     "  - {name: t, after: s, vms: [b2], run: 'true'}\n")
-    hanging = submit(settings, tmp_path, "hanging", "name: h\nsteps:\n  - {name: s, vms: [a1], run: sleep 60, "
-                     "timeout: 2s}\n")
+    make_lab(
+        settings,
+        tmp_path / "vms",
+        {"h1": ["a1", "a2", "a3"], "h2": ["b1", "b2"]},
+        limits="max_active: 2, max_running: 2, max_reverting: 1, max_reverts_while_running: 1",
+        shared={"a2": ("shared", "one"), "a3": ("shared", "two")},
+    )
+    good = submit(
+        settings,
+        tmp_path,
+        "good",
+        BUILD_AND_TEST.format(build="a1", tests="[a2, a3, b1, b2]"),
+        {"build.sh": BUILD},
+    )
+    failing = submit(
+        settings,
+        tmp_path,
+        "failing",
+        "name: f\nsteps:\n  - {name: s, vms: [b1], run: exit 4}\n"
+        "  - {name: t, after: s, vms: [b2], run: 'true'}\n",
+    )
+    hanging = submit(
+        settings,
+        tmp_path,
+        "hanging",
+        "name: h\nsteps:\n  - {name: s, vms: [a1], run: sleep 60, timeout: 2s}\n",
+    )
     engine = engine_process()
     statuses = wait_for_jobs(settings, [good, failing, hanging], 120, engine)
     assert statuses == {good: "completed", failing: "failed", hanging: "timeout"}, task_rows(settings, good)
@@ -85,8 +103,13 @@ def test_second_engine_refuses_to_start(settings, tmp_path, engine_process):
 
 def test_cancel_kills_running_commands(settings, tmp_path, engine_process):
     make_lab(settings, tmp_path / "vms", {"h1": ["v1", "v2"]}, limits="max_running: 2, max_active: 2")
-    job = submit(settings, tmp_path, "long", "name: l\nsteps:\n  - {name: s, vms: [v1], run: sleep 120}\n"
-                 "  - {name: t, after: s, vms: [v2], run: 'true'}\n")
+    job = submit(
+        settings,
+        tmp_path,
+        "long",
+        "name: l\nsteps:\n  - {name: s, vms: [v1], run: sleep 120}\n"
+        "  - {name: t, after: s, vms: [v2], run: 'true'}\n",
+    )
     engine = engine_process()
     wait_for(lambda: task_rows(settings, job)[0]["status"] == "running", 30, what="task running")
     time.sleep(0.5)

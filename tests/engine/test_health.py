@@ -19,7 +19,9 @@ ONE_TASK = "name: j\nsteps:\n  - {{name: s, vms: [v1], run: '{run}', timeout: 60
 
 
 def plan(tmp_path, *rules) -> dict[str, str]:
-    return {"TESTLAB_FAULT_PLAN": json.dumps({"rules": list(rules), "state_file": str(tmp_path / "faults.json")})}
+    return {
+        "TESTLAB_FAULT_PLAN": json.dumps({"rules": list(rules), "state_file": str(tmp_path / "faults.json")})
+    }
 
 
 def notifications(settings) -> list[str]:
@@ -42,11 +44,13 @@ def one_vm(settings, tmp_path):
     make_lab(settings, tmp_path / "vms", {"h1": ["v1"]}, limits="max_ready_when_idle: 0")
 
 
-def test_failed_reverts_put_the_vm_offline_and_the_monitor_brings_it_back(settings, tmp_path, one_vm,
-                                                                           engine_process):
+def test_failed_reverts_put_the_vm_offline_and_the_monitor_brings_it_back(
+    settings, tmp_path, one_vm, engine_process
+):
     job = submit(settings, tmp_path, "j", ONE_TASK.format(run="echo ok"))
-    engine = engine_process(plan(tmp_path, {"op": "revert", "action": "fail", "nth": 1, "times": 3,
-                                            "error": "OperationFailed"}))
+    engine = engine_process(
+        plan(tmp_path, {"op": "revert", "action": "fail", "nth": 1, "times": 3, "error": "OperationFailed"})
+    )
     wait_for(lambda: vm_status(settings, "v1")["status"] == "offline", 30, what="v1 offline")
     assert any("offline after 3 consecutive errors" in n for n in notifications(settings))
     assert wait_for_jobs(settings, [job], 60, engine) == {job: "completed"}
@@ -58,22 +62,31 @@ def test_failed_reverts_put_the_vm_offline_and_the_monitor_brings_it_back(settin
 
 def test_revert_past_its_deadline_counts_as_an_error(settings, tmp_path, one_vm, engine_process):
     job = submit(settings, tmp_path, "j", ONE_TASK.format(run="echo ok"))
-    engine = engine_process({**plan(tmp_path, {"op": "revert", "action": "hang", "nth": 1, "seconds": 30}),
-                             "TESTLAB_REVERT_TIMEOUT": "2"})
+    engine = engine_process(
+        {
+            **plan(tmp_path, {"op": "revert", "action": "hang", "nth": 1, "seconds": 30}),
+            "TESTLAB_REVERT_TIMEOUT": "2",
+        }
+    )
     assert wait_for_jobs(settings, [job], 60, engine) == {job: "completed"}
     assert any("OperationTimedOut" in r and "error 1" in r for r in vm_events(settings, "v1"))
 
 
 def test_revert_that_leaves_the_agent_dead_counts_as_an_error(settings, tmp_path, one_vm, engine_process):
     job = submit(settings, tmp_path, "j", ONE_TASK.format(run="echo ok"))
-    engine = engine_process({**plan(tmp_path, {"op": "revert", "action": "broken_revert", "nth": 1}),
-                             "TESTLAB_AGENT_BOOT_TIMEOUT": "3"})
+    engine = engine_process(
+        {
+            **plan(tmp_path, {"op": "revert", "action": "broken_revert", "nth": 1}),
+            "TESTLAB_AGENT_BOOT_TIMEOUT": "3",
+        }
+    )
     assert wait_for_jobs(settings, [job], 60, engine) == {job: "completed"}
     assert any("revert failed" in r and "error 1" in r for r in vm_events(settings, "v1"))
 
 
-def test_vm_powered_off_under_a_task_requeues_it_without_a_test_failure(settings, tmp_path, one_vm,
-                                                                         engine_process):
+def test_vm_powered_off_under_a_task_requeues_it_without_a_test_failure(
+    settings, tmp_path, one_vm, engine_process
+):
     job = submit(settings, tmp_path, "j", ONE_TASK.format(run="sleep 3; echo done"))
     engine = engine_process()
     wait_for(lambda: task_rows(settings, job)[0]["status"] == "running", 30, what="task running")
@@ -107,7 +120,9 @@ def test_past_the_try_limit_the_task_ends_boterror(settings, tmp_path, one_vm, e
 
 
 def test_task_past_its_timeout_is_killed_and_ends_timeout(settings, tmp_path, one_vm, engine_process):
-    job = submit(settings, tmp_path, "j", "name: j\nsteps:\n  - {name: s, vms: [v1], run: sleep 60, timeout: 2s}\n")
+    job = submit(
+        settings, tmp_path, "j", "name: j\nsteps:\n  - {name: s, vms: [v1], run: sleep 60, timeout: 2s}\n"
+    )
     engine = engine_process()
     started = time.monotonic()
     assert wait_for_jobs(settings, [job], 30, engine) == {job: "timeout"}

@@ -49,7 +49,8 @@ steps:
 STEP = """\
 echo "$TESTLAB_TASK" >> {markers}/$TESTLAB_TASK
 mkdir -p out && echo product > out/product
-i=0; while [ $i -lt 5 ]; do echo "line $i of task $TESTLAB_TASK"; i=$((i+1)); sleep $(awk "BEGIN{{print $1/5}}"); done
+pause=$(awk "BEGIN{{print $1/5}}")
+i=0; while [ $i -lt 5 ]; do echo "line $i of task $TESTLAB_TASK"; i=$((i+1)); sleep $pause; done
 exit $2
 """
 
@@ -59,17 +60,32 @@ def test_engine_survives_sigkill_at_random_moments(settings, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     hosts = {"h1": ["h1a", "h1b", "h1c"], "h2": ["h2a", "h2b", "h2c"], "h3": ["h3a", "h3b"]}
-    make_lab(settings, tmp_path / "vms", hosts,
-             limits="max_active: 2, max_running: 2, max_reverting: 1, max_reverts_while_running: 1",
-             shared={"h1b": ("h1shared", "one"), "h1c": ("h1shared", "two")})
+    make_lab(
+        settings,
+        tmp_path / "vms",
+        hosts,
+        limits="max_active: 2, max_running: 2, max_reverting: 1, max_reverts_while_running: 1",
+        shared={"h1b": ("h1shared", "one"), "h1c": ("h1shared", "two")},
+    )
     vms = [vm for names in hosts.values() for vm in names]
     expected = {}
     for n in range(JOBS):
         build_exit = 1 if n % 4 == 3 else 0
-        job_id = submit(settings, tmp_path, f"job{n}", JOB.format(
-            n=n, priority=rng.randint(1, 3), build=rng.choice(vms), build_exit=build_exit,
-            build_time=round(rng.uniform(0.5, 2.0), 2), test_time=round(rng.uniform(0.5, 2.0), 2),
-            tests=", ".join(rng.sample(vms, rng.randint(1, 3)))), {"step.sh": STEP.format(markers=markers)})
+        job_id = submit(
+            settings,
+            tmp_path,
+            f"job{n}",
+            JOB.format(
+                n=n,
+                priority=rng.randint(1, 3),
+                build=rng.choice(vms),
+                build_exit=build_exit,
+                build_time=round(rng.uniform(0.5, 2.0), 2),
+                test_time=round(rng.uniform(0.5, 2.0), 2),
+                tests=", ".join(rng.sample(vms, rng.randint(1, 3))),
+            ),
+            {"step.sh": STEP.format(markers=markers)},
+        )
         expected[job_id] = "failed" if build_exit else "completed"
 
     log = settings.home / "engine.log"

@@ -124,8 +124,9 @@ def test_full_host_sacrifices_an_unneeded_idle_vm():
 def test_revert_waits_until_the_sacrificed_vm_is_off():
     """The limit holds even while the power-off runs: no second sacrifice, no revert yet."""
     limits = HostLimits(max_reverts_while_running=1)
-    powering_off = lab([vm("a"), vm("b", "dirty", busy=True), vm("c", "running", busy=True)], [task(1, "a")],
-                       limits=limits)
+    powering_off = lab(
+        [vm("a"), vm("b", "dirty", busy=True), vm("c", "running", busy=True)], [task(1, "a")], limits=limits
+    )
     assert actions(powering_off) == []
     room_made = lab([vm("a"), vm("b", "off"), vm("c", "running", busy=True)], [task(1, "a")], limits=limits)
     assert actions(room_made) == [Revert(vm="a", reason="needed")]
