@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := libvirt-dev pkg-config postgresql python3-venv gcc
+SYSTEM_PACKAGES := libvirt-dev pkg-config postgresql gcc
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench setup system-packages clean
@@ -31,6 +31,7 @@ setup: system-packages $(STAMP)
 # Installs the system packages that are missing (Debian/Ubuntu), as root or through sudo.
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		sudo_cmd=""; [ "$$(id -u)" -eq 0 ] || sudo_cmd="sudo"; \

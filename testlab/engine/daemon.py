@@ -117,7 +117,11 @@ class Engine:
         """The event history is the change feed: any new event (a job submitted, a VM set by an
         administrator, an operation's outcome) triggers a new planning round."""
         while True:
-            last = await self.db(self.store.last_event_id)
+            try:
+                last = await self.db(self.store.last_event_id)
+            except Exception:  # noqa: BLE001 - a busy database: the next poll or tick will do
+                log.warning("could not poll the event history", exc_info=True)
+                last = self._last_event
             if last != self._last_event:
                 self._last_event = last
                 self._wake.set()
@@ -143,6 +147,9 @@ class Engine:
                 asyncio.create_task(self._kill(kill))
         for check in view.to_monitor:
             self._spawn(check.vm.name, self.operations.monitor(check))
+        for vm in view.expired:
+            if vm.name not in self.inflight:
+                await self.db(self.store.operation_expired, vm.id)
 
     async def _kill(self, kill) -> None:
         try:
@@ -153,10 +160,23 @@ class Engine:
 
     def _operation(self, work: RevertWork | PowerOffWork | TaskWork):
         if isinstance(work, RevertWork):
-            return self.operations.revert(work)
+            return self._guarded(work, self.operations.revert(work))
         if isinstance(work, PowerOffWork):
-            return self.operations.power_off(work)
-        return self.operations.run_task(work)
+            return self._guarded(work, self.operations.power_off(work))
+        return self._guarded(work, self.operations.run_task(work))
+
+    async def _guarded(self, work, coroutine) -> None:
+        """An operation that dies of an unexpected error must not leave its VM busy for ever: the
+        error is recorded like any infrastructure error (the task requeued, the VM's count raised)."""
+        try:
+            await coroutine
+        except Exception as error:  # noqa: BLE001 - a bug or an unmapped error; recorded, not hidden
+            log.exception("operation on %s failed unexpectedly", work.vm.name)
+            reason = f"engine error: {type(error).__name__}: {error}"
+            if isinstance(work, TaskWork):
+                await self.db(self.store.task_requeue, work.task_id, reason)
+            else:
+                await self.db(self.store.vm_error, work.vm.id, reason)
 
     def _spawn(self, vm_name: str, coroutine) -> None:
         task = asyncio.create_task(coroutine)

@@ -105,6 +105,14 @@ class Store:
                 snapshot=snapshot,
                 to_kill=self._tasks_to_kill(session, host_names),
                 to_monitor=self._vms_to_monitor(session, vms, host_names, inflight),
+                expired=[
+                    vm_ref(vm, host_names[vm.host_id])
+                    for vm in vms
+                    if vm.operation_deadline is not None
+                    and vm.operation_deadline < utcnow()
+                    and vm.name not in inflight
+                    and vm.host_id in host_names
+                ],
             )
 
     def _queued_tasks(self, session: Session, vm_names: dict[int, str]) -> tuple[TaskView, ...]:
@@ -415,6 +423,24 @@ class Store:
             else:
                 self._release(session, vm, VMStatus.DIRTY, reason, task=task)
         roll_up_job(session, job)
+
+    def operation_expired(self, vm_id: int) -> None:
+        """An operation outlived its deadline with nothing left driving it: release the VM as after
+        an infrastructure error, and requeue the task it was running."""
+        with self.session() as session:
+            vm = self._vm(session, vm_id)
+            if vm.operation is None or vm.operation_deadline is None or vm.operation_deadline >= utcnow():
+                return
+            reason = f"{vm.operation} operation overran its deadline"
+            task = session.scalars(
+                select(Task).where(Task.vm_id == vm.id, Task.status == TaskStatus.RUNNING)
+            ).first()
+            if task is not None:
+                self._requeue(session, task, reason, count_try=True, vm_error=True)
+            elif vm.operation == "monitor":
+                self._set_operation(vm, None)
+            else:
+                self.vm_error(vm.id, reason, session)
 
     def monitor_begin(self, vm_id: int) -> bool:
         with self.session() as session:

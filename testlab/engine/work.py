@@ -76,3 +76,4 @@ class View:
     snapshot: Snapshot
     to_kill: list[KillWork] = field(default_factory=list)
     to_monitor: list[MonitorWork] = field(default_factory=list)
+    expired: list[VMRef] = field(default_factory=list)  # operations past their deadline
