@@ -143,7 +143,31 @@ def wait_for_jobs(
         statuses = job_statuses(settings, job_ids)
         return statuses if all(s in TaskStatus.FINAL for s in statuses.values()) else None
 
-    return wait_for(done, timeout, what=f"jobs {job_ids} to end")
+    try:
+        return wait_for(done, timeout, what=f"jobs {job_ids} to end")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{describe_lab(settings, job_ids, engine)}") from None
+
+
+def describe_lab(settings: Settings, job_ids: list[int], engine: EngineProcess | None = None) -> str:
+    """What a stuck run looked like: tasks, VMs, the last events and the engine's last words."""
+    lines = []
+    for job_id in job_ids:
+        lines += [f"job {job_id} task {t}" for t in task_rows(settings, job_id)]
+    with session_scope(settings.database_url) as session:
+        lines += [
+            f"vm {v.name}: {v.status} op={v.operation} deadline={v.operation_deadline} errors={v.errors}"
+            for v in session.scalars(select(VM))
+        ]
+        events = session.execute(
+            select(Event.id, Event.vm_id, Event.old_status, Event.new_status, Event.reason)
+            .order_by(Event.id.desc())
+            .limit(30)
+        ).all()
+    lines += [f"event {e}" for e in reversed(events)]
+    if engine is not None and engine.log.exists():
+        lines += engine.log.read_text(errors="replace").splitlines()[-40:]
+    return "\n".join(lines)
 
 
 def task_rows(settings: Settings, job_id: int) -> list[dict]:
