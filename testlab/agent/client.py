@@ -14,15 +14,19 @@ import contextlib
 import hashlib
 import inspect
 import io
-import queue
+import json
+import mmap
+import socket
 import ssl
 import tarfile
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
@@ -30,6 +34,9 @@ FINISHED_STATES = frozenset({"exited", "killed", "timeout"})
 BACKOFF_INITIAL = 0.05
 BACKOFF_CAP = 2.0
 IO_CHUNK = 1 << 20
+HASH_CHUNK = 1 << 20
+BULK_THRESHOLD = 1 << 20  # uploads from this size on go over a bulk connection
+MAX_HEAD = 64 << 10
 KILL_WAIT = 10.0
 
 T = TypeVar("T")
@@ -83,61 +90,230 @@ class _Retryable(Exception):
     """An answer meaning 'try again later' (a proxy in between could not reach the agent)."""
 
 
+class _UploadLost(AgentError):
+    """The agent no longer holds a staged upload (it restarted): the whole upload must be sent again."""
+
+
 def _sha256_file(path: Path) -> str:
+    """Hashes straight from the page cache through a mapping, sparing a copy of every byte."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(IO_CHUNK):
-            digest.update(chunk)
+    with open(path, "rb", buffering=0) as f:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # empty file, or one that cannot be mapped
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+            return digest.hexdigest()
+        with mapped, memoryview(mapped) as view:
+            for start in range(0, len(view), HASH_CHUNK):
+                digest.update(view[start : start + HASH_CHUNK])
     return digest.hexdigest()
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    # Local disk reads are fast enough to do inline; a thread hop per megabyte would cost more.
-    with open(path, "rb") as f:
-        while chunk := f.read(IO_CHUNK):
-            yield chunk
+class _TransportFailure(Exception):
+    """The bulk connection broke or timed out: as retryable as an httpx transport error."""
 
 
-class _ChunkFeed(io.RawIOBase):
-    """A readable file fed chunk by chunk from the event loop, so tar extraction overlaps the transfer."""
+@dataclass(frozen=True)
+class _Head:
+    status: int
+    headers: dict[str, str]  # names in lower case
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
-        self._pending = memoryview(b"")
-        self._eof = False
-        self.reader_gone = False
+
+class _BulkExchange:
+    """One HTTP/1.1 request on a connection of its own, driven by blocking calls in a worker thread.
+
+    httpx moves a big body at about a quarter of loopback speed (its async stack costs per read), so
+    large uploads and downloads go through here: ``sendfile`` out, ``recv_into`` large buffers in, disk
+    I/O in the same thread. The wire format is the same HTTP the agent serves to everyone.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        netloc: str,
+        ssl_context: ssl.SSLContext | None,
+        auth: str,
+        connect_timeout: float,
+        io_timeout: float,
+        touch: Callable[[], None],
+    ) -> None:
+        self._addr = (host, port)
+        self._netloc = netloc
+        self._ssl = ssl_context
+        self._auth = auth
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
+        self._touch = touch
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._pending = bytearray()
+        self._body_left = 0
+
+    # ---- connection
+
+    def abort(self) -> None:
+        """Called from the event loop: makes the worker's blocking call fail at once."""
+        with self._lock:
+            self._aborted = True
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.close()
+
+    def _open(self) -> socket.socket:
+        try:
+            sock = socket.create_connection(self._addr, timeout=self._connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._addr[0])
+            sock.settimeout(self._io_timeout)
+        except OSError as exc:
+            raise _TransportFailure(f"cannot connect: {type(exc).__name__}: {exc}") from exc
+        with self._lock:
+            if self._aborted:
+                sock.close()
+                raise _TransportFailure("aborted")
+            self._sock = sock
+        return sock
+
+    def _head_bytes(self, method: str, target: str, length: int | None) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._netloc}"]
+        lines += [f"Authorization: {self._auth}", "Connection: close", "User-Agent: testlab-agent-client"]
+        if length is not None:
+            lines += [f"Content-Length: {length}", "Content-Type: application/octet-stream"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    # ---- receiving
+
+    def _recv_into(self, view: memoryview) -> int:
+        assert self._sock is not None
+        try:
+            n = self._sock.recv_into(view)
+        except OSError as exc:
+            raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
+        self._touch()
+        return n
+
+    def read_head(self) -> _Head:
+        buf = bytearray(MAX_HEAD)
+        view = memoryview(buf)
+        while (end := self._pending.find(b"\r\n\r\n")) < 0:
+            if len(self._pending) >= MAX_HEAD:
+                raise ProtocolError("agent sent an oversized response head")
+            n = self._recv_into(view)
+            if not n:
+                raise _TransportFailure("connection closed before the answer")
+            self._pending += view[:n]
+        lines = bytes(self._pending[:end]).decode("latin-1").split("\r\n")
+        del self._pending[: end + 4]
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise ProtocolError(f"agent sent a bad status line {lines[0][:80]!r}")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise ProtocolError("agent sent a chunked answer where a Content-Length was expected")
+        try:
+            length = int(headers.get("content-length", "0"))
+        except ValueError:
+            raise ProtocolError("agent sent a bad Content-Length") from None
+        self._body_left = length - len(self._pending)
+        if self._body_left < 0:
+            del self._pending[length:]
+            self._body_left = 0
+        return _Head(int(parts[1]), headers)
+
+    def readinto(self, view: memoryview) -> int:
+        """Body bytes into ``view``; 0 only at the end of the body, which a broken connection never fakes."""
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            del self._pending[:n]
+            return n
+        if self._body_left <= 0:
+            return 0
+        n = self._recv_into(view[: min(len(view), self._body_left)])
+        if not n:
+            raise _TransportFailure(f"connection closed with {self._body_left} body bytes missing")
+        self._body_left -= n
+        return n
+
+    def read_body(self, limit: int = 1 << 20) -> bytes:
+        out = bytearray()
+        buf = bytearray(IO_CHUNK)
+        view = memoryview(buf)
+        while n := self.readinto(view):
+            if len(out) < limit:
+                out += view[:n]
+        return bytes(out[:limit])
+
+    # ---- requests
+
+    def get(self, target: str) -> _Head:
+        sock = self._open()
+        try:
+            sock.sendall(self._head_bytes("GET", target, None))
+        except OSError as exc:
+            raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
+        return self.read_head()
+
+    def put(self, target: str, source: Path | bytes, size: int) -> tuple[_Head, bytes]:
+        """Sends the body (sendfile where the kernel can do it) and returns the answer."""
+        sock = self._open()
+        try:
+            sock.sendall(self._head_bytes("PUT", target, size))
+            if isinstance(source, bytes):
+                sock.sendall(source)
+            else:
+                with open(source, "rb") as f:
+                    if self._ssl is None:
+                        sent = sock.sendfile(f, 0, size)
+                    else:
+                        sent = 0
+                        while chunk := f.read(IO_CHUNK):
+                            sock.sendall(chunk)
+                            sent += len(chunk)
+                if sent != size:
+                    raise ProtocolError(f"{source} changed size while being uploaded")
+            self._touch()
+        except OSError as exc:
+            # The agent may have refused the request and closed early: its answer explains more.
+            try:
+                head = self.read_head()
+            except (_TransportFailure, ProtocolError):
+                raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
+            return head, self.read_body()
+        head = self.read_head()
+        return head, self.read_body()
+
+
+class _BodyFile(io.RawIOBase):
+    """The archive body as a file for tarfile's stream reader, straight from the socket."""
+
+    def __init__(self, exchange: _BulkExchange) -> None:
+        self._exchange = exchange
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._pending and not self._eof:
-            chunk = self._queue.get()
-            if chunk is None:
-                self._eof = True
-            else:
-                self._pending = memoryview(chunk)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    async def put(self, chunk: bytes | None) -> None:
-        while not self.reader_gone:
-            try:
-                self._queue.put_nowait(chunk)
-                return
-            except queue.Full:
-                await asyncio.sleep(0.002)
-
-    def abandon(self) -> None:
-        """Unblocks the reader for good: it sees a truncated archive and fails."""
-        self._eof = True
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        return self._exchange.readinto(memoryview(buffer).cast("B"))
 
 
-def _extract(source: _ChunkFeed, dest_dir: Path) -> list[Path]:
+def _extract(exchange: _BulkExchange, dest_dir: Path) -> list[Path]:
     """Unpacks the agent's tar stream, refusing any member that would land outside dest_dir."""
     files: list[Path] = []
 
@@ -149,15 +325,14 @@ def _extract(source: _ChunkFeed, dest_dir: Path) -> list[Path]:
             files.append(dest_dir / checked.name)
         return checked
 
+    source = io.BufferedReader(_BodyFile(exchange), IO_CHUNK)
     try:
-        with tarfile.open(fileobj=io.BufferedReader(source, IO_CHUNK), mode="r|") as tar:
+        with tarfile.open(fileobj=source, mode="r|", bufsize=IO_CHUNK, copybufsize=IO_CHUNK) as tar:
             tar.extractall(dest_dir, filter=guard)
     except tarfile.FilterError as exc:
         raise ProtocolError(f"unsafe archive from agent: {exc}") from None
     except tarfile.TarError as exc:
         raise ProtocolError(f"bad archive from agent: {exc}") from None
-    finally:
-        source.reader_gone = True
     return files
 
 
@@ -192,14 +367,25 @@ class AgentClient:
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._retry_deadline = retry_deadline
-        ssl_verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
-        )
+        parts = urlsplit(self.url)
+        self._host = parts.hostname or ""  # a bad url fails each call as unreachable, as httpx does
+        try:
+            self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            self._port = 0
+        self._netloc = parts.netloc.rpartition("@")[2]
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self._ssl = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+            if verify is False:
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        self._auth = f"Bearer {token}"
         self._http = httpx.AsyncClient(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": self._auth},
             timeout=self._timeout(),
-            verify=ssl_verify,
+            verify=self._ssl if self._ssl is not None else True,
             trust_env=False,
         )
         self._last_contact = 0.0
@@ -226,7 +412,7 @@ class AgentClient:
         while True:
             try:
                 return await attempt()
-            except (httpx.TransportError, _Retryable) as exc:
+            except (httpx.TransportError, _TransportFailure, _Retryable) as exc:
                 last: BaseException = exc
             give_up_at = max(started, self._last_contact) + self._retry_deadline
             if time.monotonic() + delay > give_up_at:
@@ -239,22 +425,54 @@ class AgentClient:
             delay = min(delay * 2, BACKOFF_CAP)
 
     def _check(self, resp: httpx.Response, what: str) -> None:
+        self._check_answer(resp.status_code, resp.content if resp.status_code >= 400 else b"", what)
+
+    def _check_answer(self, status: int, body: bytes, what: str) -> None:
         self._last_contact = time.monotonic()
-        if resp.status_code < 400:
+        if status < 400:
             return
         try:
-            body = resp.json()
-            message, code = str(body.get("error", "")), body.get("code")
+            data = json.loads(body)
+            message, code = str(data.get("error", "")), data.get("code")
         except (ValueError, AttributeError):
-            message, code = resp.text[:200], None
-        detail = f"{what}: agent at {self.url} answered {resp.status_code}: {message}"
-        if resp.status_code == 401:
+            message, code = body[:200].decode(errors="replace"), None
+        detail = f"{what}: agent at {self.url} answered {status}: {message}"
+        if status == 401:
             raise AuthenticationRefused(detail)
-        if resp.status_code == 404 and code == "unknown_command":
+        if status == 404 and code == "unknown_command":
             raise CommandUnknown(detail)
-        if resp.status_code in (502, 503, 504):
+        if status == 404 and code == "unknown_upload":
+            raise _UploadLost(detail)
+        if status in (502, 503, 504):
             raise _Retryable(detail)
         raise ProtocolError(detail)
+
+    def _touch(self) -> None:
+        self._last_contact = time.monotonic()
+
+    def _bulk(self, io_timeout: float | None = None) -> _BulkExchange:
+        return _BulkExchange(
+            self._host,
+            self._port,
+            self._netloc,
+            self._ssl,
+            self._auth,
+            self._connect_timeout,
+            self._request_timeout if io_timeout is None else io_timeout,
+            self._touch,
+        )
+
+    @staticmethod
+    async def _blocking(exchange: _BulkExchange, call: Callable[[], T]) -> T:
+        """Runs a blocking step of ``exchange`` in a thread; cancelling aborts its connection."""
+        job = asyncio.ensure_future(asyncio.to_thread(call))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            exchange.abort()
+            with contextlib.suppress(BaseException):
+                await job
+            raise
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
         async def attempt() -> Any:
@@ -336,50 +554,88 @@ class AgentClient:
         if data.get("sha256") != digest:
             raise ProtocolError(f"{what}: agent stored sha256 {data.get('sha256')}, expected {digest}")
 
+    async def _put_bulk(
+        self, remote_path: str, source: Path | bytes, size: int, mode: int, digest: asyncio.Future[str]
+    ) -> None:
+        """Sends the body while ``digest`` is computed alongside, then commits it under that digest.
+
+        The agent stages the body out of sight; only the commit, which carries the digest, makes it
+        appear under its name. A broken send is retried whole under a fresh upload id.
+        """
+        what = f"upload of {remote_path}"
+
+        async def attempt() -> None:
+            upload_id = uuid.uuid4().hex
+            query = urlencode({"path": remote_path, "mode": f"{mode:o}", "upload": upload_id})
+            exchange = self._bulk()
+            try:
+                head, body = await self._blocking(
+                    exchange, lambda: exchange.put(f"/v1/files?{query}", source, size)
+                )
+            finally:
+                exchange.close()
+            self._check_answer(head.status, body, what)
+            expected = await digest
+            params = {"path": remote_path, "upload": upload_id, "sha256": expected}
+            try:
+                data = await self._json("POST", "/v1/files/commit", what, params=params)
+            except _UploadLost as exc:
+                raise _Retryable(str(exc)) from None
+            if data.get("sha256") != expected or data.get("size") != size:
+                raise ProtocolError(f"{what}: agent stored {data!r}, expected sha256 {expected}")
+
+        try:
+            await self._retrying(what, attempt)
+        finally:
+            if not digest.done():
+                digest.cancel()
+            with contextlib.suppress(BaseException):
+                await digest
+
     async def upload(self, local_path: Path, remote_path: str, *, mode: int | None = None) -> None:
         """Uploads a file; ``mode`` defaults to the local file's permission bits."""
         local_path = Path(local_path)
         st = local_path.stat()
         await self._check_upload_size(st.st_size, remote_path)
-        digest = await asyncio.to_thread(_sha256_file, local_path)
         file_mode = mode if mode is not None else st.st_mode & 0o7777
-        await self._put(remote_path, st.st_size, digest, file_mode, lambda: _file_chunks(local_path))
+        if st.st_size >= BULK_THRESHOLD:
+            digest = asyncio.ensure_future(asyncio.to_thread(_sha256_file, local_path))
+            await self._put_bulk(remote_path, local_path, st.st_size, file_mode, digest)
+            return
+        data = await asyncio.to_thread(local_path.read_bytes)
+        digest_hex = hashlib.sha256(data).hexdigest()
+        await self._put(remote_path, len(data), digest_hex, file_mode, lambda: data)
 
     async def upload_bytes(self, data: bytes, remote_path: str, *, mode: int | None = None) -> None:
         await self._check_upload_size(len(data), remote_path)
-        digest = hashlib.sha256(data).hexdigest()
-        await self._put(remote_path, len(data), digest, 0o644 if mode is None else mode, lambda: data)
+        file_mode = 0o644 if mode is None else mode
+        if len(data) >= BULK_THRESHOLD:
+            digest = asyncio.ensure_future(asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest()))
+            await self._put_bulk(remote_path, bytes(data), len(data), file_mode, digest)
+            return
+        digest_hex = hashlib.sha256(data).hexdigest()
+        await self._put(remote_path, len(data), digest_hex, file_mode, lambda: data)
 
     async def download(self, pattern: str, dest_dir: Path) -> list[Path]:
         """Fetches a path or glob (relative to the work dir) into dest_dir; [] if nothing matches."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         what = f"download of {pattern}"
+        target = "/v1/archive?" + urlencode({"pattern": pattern})
 
         async def attempt() -> list[Path]:
-            feed = _ChunkFeed()
-            extracting: asyncio.Future[list[Path]] | None = None
+            exchange = self._bulk()
             try:
-                async with self._http.stream("GET", "/v1/archive", params={"pattern": pattern}) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                    self._check(resp, what)
-                    if resp.headers.get("X-Match-Count") == "0":
-                        return []
-                    extracting = asyncio.ensure_future(asyncio.to_thread(_extract, feed, dest_dir))
-                    async for chunk in resp.aiter_raw(IO_CHUNK):
-                        if feed.reader_gone:
-                            break  # extraction failed: its error is raised below
-                        await feed.put(chunk)
-                        self._last_contact = time.monotonic()
-                await feed.put(None)
-                return await extracting
-            except BaseException:
-                feed.abandon()
-                if extracting is not None:
-                    with contextlib.suppress(BaseException):
-                        await extracting
-                raise
+                head = await self._blocking(exchange, lambda: exchange.get(target))
+                if head.status >= 400:
+                    body = await self._blocking(exchange, exchange.read_body)
+                    self._check_answer(head.status, body, what)
+                self._touch()
+                if head.headers.get("x-match-count") == "0":
+                    return []
+                return await self._blocking(exchange, lambda: _extract(exchange, dest_dir))
+            finally:
+                exchange.close()
 
         return await self._retrying(what, attempt)
 

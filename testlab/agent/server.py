@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import hashlib
 import hmac
@@ -24,6 +25,7 @@ import io
 import json
 import os
 import platform
+import queue
 import re
 import select
 import shutil
@@ -31,6 +33,7 @@ import signal
 import socket
 import socketserver
 import ssl
+import stat
 import subprocess
 import sys
 import tarfile
@@ -50,6 +53,12 @@ MAX_OUTPUT_CHUNK = 16 << 20
 DEFAULT_OUTPUT_CHUNK = 4 << 20
 MAX_WAIT = 300.0
 IO_CHUNK = 1 << 20
+RECV_CHUNK = 1 << 20
+RECV_BUFFERS = 4
+UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STAGED_TTL = 600.0
+COMMITTED_MEMORY = 256
+TRASH_MIN_SIZE = 8 << 20
 KILL_GRACE = 2.0
 FINISHED = ("exited", "killed", "timeout")
 
@@ -187,6 +196,128 @@ class Workspace:
             self._check_real(name, real, allow_root=True)
             result.append((real, name.replace(os.sep, "/")))
         return result
+
+
+class UploadStaging:
+    """Uploads received but not yet committed, kept in the state dir where no client path can reach them.
+
+    A client sends the body first and its sha256 afterwards (it hashes while sending instead of reading
+    the file twice), so the bytes wait here until a commit names the digest. A retried commit gets the
+    answer of the first one; staged files nobody commits are deleted after ``STAGED_TTL`` seconds, and
+    all of them when the agent starts (it has forgotten who they belonged to).
+    """
+
+    def __init__(self, workspace):
+        self.dir = os.path.join(workspace.state_dir, "uploads")
+        self.trash = os.path.join(workspace.state_dir, "trash")
+        for d in (self.dir, self.trash):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d, exist_ok=True)
+        self._lock = threading.Lock()
+        self._staged = {}
+        self._committed = {}
+
+    def path(self, upload_id):
+        if not isinstance(upload_id, str) or not UPLOAD_ID_RE.match(upload_id):
+            raise RequestError(400, f"upload id must match {UPLOAD_ID_RE.pattern}", "bad_upload_id")
+        return os.path.join(self.dir, upload_id)
+
+    def add(self, upload_id, entry):
+        now = time.monotonic()
+        with self._lock:
+            stale = [k for k, v in self._staged.items() if now - v["at"] > STAGED_TTL]
+            old = [self._staged.pop(k) for k in stale]
+            previous = self._staged.pop(upload_id, None)
+            if previous is not None and previous["tmp"] != entry["tmp"]:
+                old.append(previous)
+            entry["at"] = now
+            self._staged[upload_id] = entry
+        for gone in old:
+            with contextlib.suppress(OSError):
+                os.unlink(gone["tmp"])
+
+    def commit(self, upload_id, expected):
+        """Moves a staged upload to its target once its digest is confirmed; idempotent per upload id."""
+        self.path(upload_id)
+        with self._lock:
+            done = self._committed.get(upload_id)
+            if done is not None:
+                if done["sha256"] != expected:
+                    raise RequestError(422, "upload was committed with another sha256", "checksum")
+                return done
+            entry = self._staged.pop(upload_id, None)
+            if entry is None:
+                raise RequestError(404, f"no staged upload {upload_id!r}; send it again", "unknown_upload")
+            try:
+                result = self._finish(entry, expected)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry["tmp"])
+                raise
+            self._committed[upload_id] = result
+            while len(self._committed) > COMMITTED_MEMORY:
+                self._committed.pop(next(iter(self._committed)))
+            return result
+
+    def _finish(self, entry, expected):
+        if entry["sha256"] != expected:
+            raise RequestError(
+                422, f"sha256 mismatch: got {entry['sha256']}, expected {expected}", "checksum"
+            )
+        target = entry["target"]
+        if os.path.isdir(target):
+            raise RequestError(409, f"path {entry['path']!r} is a directory", "is_directory")
+        try:
+            os.chmod(entry["tmp"], entry["mode"])
+        except FileNotFoundError:
+            raise RequestError(404, "staged upload vanished; send it again", "unknown_upload") from None
+        doomed = self._keep_for_later(target)
+        try:
+            os.replace(entry["tmp"], target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise RequestError(409, f"cannot store {entry['path']!r}: {exc.strerror}") from None
+            # The target lies on another file system (a mount inside the work dir): copy next to it first.
+            parent = os.path.dirname(target)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(target) + ".part-")
+            os.close(fd)
+            try:
+                shutil.copyfile(entry["tmp"], tmp)
+                os.chmod(tmp, entry["mode"])
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            os.unlink(entry["tmp"])
+        finally:
+            if doomed is not None:
+                threading.Thread(target=_unlink_quietly, args=(doomed,), daemon=True).start()
+        return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"]}
+
+    def _keep_for_later(self, target):
+        """Links a big file about to be replaced into the trash, so the rename does not free its pages.
+
+        Dropping the last link of a file frees its whole page cache inside the rename, tens of ms for
+        100 MB; with a second link the client gets its answer first and a thread frees them after.
+        """
+        try:
+            st = os.lstat(target)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size < TRASH_MIN_SIZE:
+            return None
+        doomed = os.path.join(self.trash, uuid.uuid4().hex)
+        try:
+            os.link(target, doomed)
+        except OSError:
+            return None
+        return doomed
+
+
+def _unlink_quietly(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 # ---------------------------------------------------------------------------------------- supervisor
@@ -518,6 +649,11 @@ def _padded(n, block=tarfile.BLOCKSIZE):
     return -(-n // block) * block
 
 
+def _write_all(fd, view):
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_zeros(wfile, n):
     zeros = bytes(min(n, IO_CHUNK))
     while n > 0:
@@ -721,6 +857,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_json(200, srv.info())
         if parts == ["files"] and method == "PUT":
             return self._upload(query)
+        if parts == ["files", "commit"] and method == "POST":
+            expected = self._sha256_param(query)
+            if expected is None:
+                raise RequestError(400, "commit needs sha256")
+            return self._send_json(200, srv.uploads.commit(query.get("upload", ""), expected))
         if parts == ["files"] and method == "DELETE":
             return self._delete(query)
         if parts == ["archive"] and method == "GET":
@@ -740,7 +881,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_json(200, srv.commands.kill(parts[1], wait))
         raise RequestError(404, f"no such endpoint {method} {path}", "no_endpoint")
 
+    @staticmethod
+    def _sha256_param(query):
+        expected = (query.get("sha256") or "").lower() or None
+        if expected is not None and not re.match(r"^[0-9a-f]{64}$", expected):
+            raise RequestError(400, "sha256 must be 64 hex digits")
+        return expected
+
     def _upload(self, query):
+        """Stores a body atomically: checked against ``sha256`` now, or staged until a commit names it."""
         srv = self.server
         rel = query.get("path", "")
         if self.headers.get("Content-Length") is None:
@@ -759,9 +908,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(400, "mode must be octal digits") from None
             if not 0 <= mode <= 0o7777:
                 raise RequestError(400, "mode out of range")
-        expected = (query.get("sha256") or "").lower() or None
-        if expected is not None and not re.match(r"^[0-9a-f]{64}$", expected):
-            raise RequestError(400, "sha256 must be 64 hex digits")
+        expected = self._sha256_param(query)
+        upload_id = query.get("upload")
+        staged = srv.uploads.path(upload_id) if upload_id is not None else None
         target = srv.workspace.resolve(rel)
         if os.path.isdir(target):
             raise RequestError(409, f"path {rel!r} is a directory", "is_directory")
@@ -770,31 +919,79 @@ class Handler(BaseHTTPRequestHandler):
             os.makedirs(parent, exist_ok=True)
         except OSError as exc:
             raise RequestError(409, f"cannot create directory for {rel!r}: {exc.strerror}") from None
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(target) + ".part-")
+        if staged is not None:
+            tmp = staged
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(target) + ".part-")
         try:
-            digest = hashlib.sha256()
-            remaining = self._length
-            buf = bytearray(min(IO_CHUNK, max(remaining, 1)))
-            view = memoryview(buf)
-            with os.fdopen(fd, "wb") as f:
-                while remaining:
-                    n = self.rfile.readinto(view[: min(remaining, len(buf))])
-                    if not n:
-                        raise ConnectionError("client went away mid-upload")
-                    digest.update(view[:n])
-                    f.write(view[:n])
-                    remaining -= n
+            try:
+                actual = self._receive(fd, self._length)
+            finally:
+                os.close(fd)
             self._consumed = True
-            actual = digest.hexdigest()
             if expected is not None and actual != expected:
                 raise RequestError(422, f"sha256 mismatch: got {actual}, expected {expected}", "checksum")
-            os.chmod(tmp, mode if mode else 0o644)
-            os.replace(tmp, target)
+            if staged is None:
+                os.chmod(tmp, mode if mode else 0o644)
+                os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._send_json(200, {"path": rel, "size": self._length, "sha256": actual})
+        answer = {"path": rel, "size": self._length, "sha256": actual}
+        if staged is not None:
+            entry = dict(answer, tmp=tmp, target=target, mode=mode if mode else 0o644)
+            srv.uploads.add(upload_id, entry)
+            answer["upload"] = upload_id
+        self._send_json(200, answer)
+
+    def _receive(self, fd, length):
+        """Body to file, hashed by a second thread so the hash overlaps receiving and writing.
+
+        sha256 runs at about the speed of a loopback copy, so doing both in one thread would halve
+        the upload rate; hashlib and the socket and file calls all release the GIL.
+        """
+        digest = hashlib.sha256()
+        readinto = self.rfile.readinto
+        if length <= RECV_CHUNK:
+            buf = bytearray(length)
+            n = readinto(buf) if length else 0
+            if n != length:
+                raise ConnectionError("client went away mid-upload")
+            digest.update(buf)
+            _write_all(fd, memoryview(buf))
+            return digest.hexdigest()
+        free = queue.Queue()
+        full = queue.Queue()
+        for _ in range(RECV_BUFFERS):
+            free.put(bytearray(RECV_CHUNK))
+
+        def hash_chunks():
+            while True:
+                item = full.get()
+                if item is None:
+                    return
+                digest.update(item[1])
+                free.put(item[0])
+
+        hasher = threading.Thread(target=hash_chunks, name="upload-hash", daemon=True)
+        hasher.start()
+        remaining = length
+        try:
+            while remaining:
+                buf = free.get()
+                chunk = memoryview(buf)[: min(remaining, len(buf))]
+                n = readinto(chunk)
+                if n != len(chunk):
+                    raise ConnectionError("client went away mid-upload")
+                _write_all(fd, chunk)
+                full.put((buf, chunk))
+                remaining -= n
+        finally:
+            full.put(None)
+            hasher.join()
+        return digest.hexdigest()
 
     def _delete(self, query):
         rel = query.get("path", "")
@@ -858,6 +1055,7 @@ class AgentServer(ThreadingHTTPServer):
         self.workspace = Workspace(workdir)
         self.boot_id = uuid.uuid4().hex
         self.commands = CommandStore(self.workspace, self.boot_id)
+        self.uploads = UploadStaging(self.workspace)
         self.max_upload = max_upload
         self.idle_timeout = idle_timeout
         self.verbose = verbose
