@@ -2,17 +2,21 @@
 
 The engine is a single asyncio process driving many hosts; a libvirt call stuck on a dead SSH link
 must neither freeze the event loop nor let one host eat every thread. Each host therefore gets its
-own bounded pool, and every call has a deadline measured from the moment it is requested (time spent
-queued behind hung calls counts).
+own bounded pool of daemon threads (a hung call never delays the engine's exit), and every call has a
+deadline measured from the moment it is requested (time spent queued behind hung calls counts).
+
+Calls on one domain run one after the other, and a call whose caller gave up at its deadline still
+counts as running until its thread returns: a power off never overtakes a timed-out revert that is
+still going, so a domain is not left running by a revert finishing after the database recorded it off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import logging
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from testlab.hypervisor.base import (
@@ -24,6 +28,7 @@ from testlab.hypervisor.base import (
     OperationFailed,
     OperationTimedOut,
 )
+from testlab.threads import DaemonThreadPool
 
 log = logging.getLogger("testlab.hypervisor.driver")
 
@@ -48,7 +53,8 @@ class HostDriver:
     """Runs one Backend's calls in a bounded thread pool, each under a deadline.
 
     A call that overruns raises OperationTimedOut; its thread may keep running (threads cannot be
-    killed) but the pool never grows beyond `max_workers`, so a hung host only slows itself down.
+    killed) but the pool never grows beyond `max_workers`, so a hung host only slows itself down, and
+    later calls on the same domain wait for it (within their own deadline).
     """
 
     def __init__(
@@ -63,8 +69,11 @@ class HostDriver:
         self.backend = backend
         self.max_workers = max_workers
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"host-{backend.host}")
+        self._pool = DaemonThreadPool(max_workers, f"host-{backend.host}")
         self._closed = False
+        self._domain_locks: dict[str, asyncio.Lock] = {}
+        # The last call on each domain, which may still run after its caller gave up: (op, future).
+        self._domain_calls: dict[str, tuple[str, concurrent.futures.Future]] = {}
 
     @property
     def host(self) -> str:
@@ -76,15 +85,26 @@ class HostDriver:
         if self._closed:
             raise OperationFailed(f"driver for host {self.host!r} is closed", host=self.host, domain=domain)
         limit = self.timeouts[op] if timeout is None else timeout
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, functools.partial(_guarded, fn, *args))
+        what = f"{op} of {domain!r}" if domain else op
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(future, limit)
+            async with asyncio.timeout(limit):
+                if domain is None:
+                    return await self._run(fn, args, domain, op)
+                lock = self._domain_locks.setdefault(domain, asyncio.Lock())
+                async with lock:
+                    await self._after_earlier_call(domain)
+                    return await self._run(fn, args, domain, op)
         except TimeoutError:
-            what = f"{op} of {domain!r}" if domain else op
             log.warning("host %s: %s overran its %.1f s deadline", self.host, what, limit)
+            earlier = self._domain_calls.get(domain) if domain else None
+            still = (
+                f" (an earlier {earlier[0]} of {domain!r} is still running)"
+                if earlier is not None and earlier[0] != op and not earlier[1].done()
+                else ""
+            )
             raise OperationTimedOut(
-                f"{what} on host {self.host!r} overran its {limit:g} s deadline",
+                f"{what} on host {self.host!r} overran its {limit:g} s deadline{still}",
                 host=self.host,
                 domain=domain,
             ) from None
@@ -94,6 +114,20 @@ class HostDriver:
             if exc.domain is None:
                 exc.domain = domain
             raise
+        finally:
+            log.debug("host %s: %s took %.3f s", self.host, what, time.monotonic() - started)
+
+    async def _after_earlier_call(self, domain: str) -> None:
+        """Wait for a call on the domain whose caller gave up but whose thread still runs."""
+        earlier = self._domain_calls.get(domain)
+        if earlier is not None and not earlier[1].done():
+            await asyncio.wait([asyncio.wrap_future(earlier[1])])
+
+    async def _run(self, fn: Callable[..., T], args: tuple, domain: str | None, op: str) -> T:
+        future = self._pool.submit(_guarded, fn, *args)
+        if domain is not None:
+            self._domain_calls[domain] = (op, future)
+        return await asyncio.wrap_future(future)
 
     async def state(self, domain: str, *, timeout: float | None = None) -> DomainState:
         return await self._call("state", timeout, self.backend.state, domain, domain=domain)
@@ -135,10 +169,9 @@ class HostDriver:
             return
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        loop = asyncio.get_running_loop()
-        closer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"close-{self.host}")
+        closer = DaemonThreadPool(1, f"close-{self.host}")
         try:
-            await asyncio.wait_for(loop.run_in_executor(closer, self.backend.close), timeout)
+            await asyncio.wait_for(asyncio.wrap_future(closer.submit(self.backend.close)), timeout)
         except TimeoutError:
             log.warning("host %s: closing the backend overran %.1f s", self.host, timeout)
         finally:
