@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
-import io
 import json
 import mmap
-import socket
 import ssl
-import tarfile
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,13 +27,34 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
+from testlab.agent.bulk import BulkExchange, extract_archive
+from testlab.agent.errors import (
+    AgentError,
+    AgentUnreachable,
+    AuthenticationRefused,
+    CommandUnknown,
+    ProtocolError,
+    Retryable,
+    TransportFailure,
+    UploadLost,
+)
+
+__all__ = [
+    "AgentClient",
+    "AgentError",
+    "AgentInfo",
+    "AgentUnreachable",
+    "AuthenticationRefused",
+    "CommandState",
+    "CommandUnknown",
+    "ProtocolError",
+]
+
 FINISHED_STATES = frozenset({"exited", "killed", "timeout"})
 BACKOFF_INITIAL = 0.05
 BACKOFF_CAP = 2.0
-IO_CHUNK = 1 << 20
 HASH_CHUNK = 1 << 20
 BULK_THRESHOLD = 1 << 20  # uploads from this size on go over a bulk connection
-MAX_HEAD = 64 << 10
 KILL_WAIT = 10.0
 
 T = TypeVar("T")
@@ -66,32 +84,11 @@ class CommandState:
         return self.state in FINISHED_STATES
 
 
-class AgentError(Exception):
-    """Base of everything this client raises."""
-
-
-class AgentUnreachable(AgentError):
-    """No answer from the agent within the retry deadline: an infrastructure error, never a test failure."""
-
-
-class AuthenticationRefused(AgentError):
-    """The agent refused our token: retrying cannot help."""
-
-
-class CommandUnknown(AgentError):
-    """The command is gone: the VM was reverted or rebooted, so its work is lost."""
-
-
-class ProtocolError(AgentError):
-    """The agent refused the request (bad path, too large...) or answered something unexpected."""
-
-
-class _Retryable(Exception):
-    """An answer meaning 'try again later' (a proxy in between could not reach the agent)."""
-
-
-class _UploadLost(AgentError):
-    """The agent no longer holds a staged upload (it restarted): the whole upload must be sent again."""
+@functools.cache
+def _shared_tls_context() -> ssl.SSLContext:
+    """One CA-bundle context per process for plain-HTTP clients, which never use it: httpx would
+    otherwise load the bundle for every new client (tens of milliseconds, on the event loop)."""
+    return ssl.create_default_context()
 
 
 def _sha256_file(path: Path) -> str:
@@ -110,230 +107,6 @@ def _sha256_file(path: Path) -> str:
             for start in range(0, len(view), HASH_CHUNK):
                 digest.update(view[start : start + HASH_CHUNK])
     return digest.hexdigest()
-
-
-class _TransportFailure(Exception):
-    """The bulk connection broke or timed out: as retryable as an httpx transport error."""
-
-
-@dataclass(frozen=True)
-class _Head:
-    status: int
-    headers: dict[str, str]  # names in lower case
-
-
-class _BulkExchange:
-    """One HTTP/1.1 request on a connection of its own, driven by blocking calls in a worker thread.
-
-    httpx moves a big body at about a quarter of loopback speed (its async stack costs per read), so
-    large uploads and downloads go through here: ``sendfile`` out, ``recv_into`` large buffers in, disk
-    I/O in the same thread. The wire format is the same HTTP the agent serves to everyone.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        netloc: str,
-        ssl_context: ssl.SSLContext | None,
-        auth: str,
-        connect_timeout: float,
-        io_timeout: float,
-        touch: Callable[[], None],
-    ) -> None:
-        self._addr = (host, port)
-        self._netloc = netloc
-        self._ssl = ssl_context
-        self._auth = auth
-        self._connect_timeout = connect_timeout
-        self._io_timeout = io_timeout
-        self._touch = touch
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._aborted = False
-        self._pending = bytearray()
-        self._body_left = 0
-
-    # ---- connection
-
-    def abort(self) -> None:
-        """Called from the event loop: makes the worker's blocking call fail at once."""
-        with self._lock:
-            self._aborted = True
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.close()
-
-    def _open(self) -> socket.socket:
-        try:
-            sock = socket.create_connection(self._addr, timeout=self._connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._ssl is not None:
-                sock = self._ssl.wrap_socket(sock, server_hostname=self._addr[0])
-            sock.settimeout(self._io_timeout)
-        except OSError as exc:
-            raise _TransportFailure(f"cannot connect: {type(exc).__name__}: {exc}") from exc
-        with self._lock:
-            if self._aborted:
-                sock.close()
-                raise _TransportFailure("aborted")
-            self._sock = sock
-        return sock
-
-    def _head_bytes(self, method: str, target: str, length: int | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._netloc}"]
-        lines += [f"Authorization: {self._auth}", "Connection: close", "User-Agent: testlab-agent-client"]
-        if length is not None:
-            lines += [f"Content-Length: {length}", "Content-Type: application/octet-stream"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-    # ---- receiving
-
-    def _recv_into(self, view: memoryview) -> int:
-        assert self._sock is not None
-        try:
-            n = self._sock.recv_into(view)
-        except OSError as exc:
-            raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
-        self._touch()
-        return n
-
-    def read_head(self) -> _Head:
-        buf = bytearray(MAX_HEAD)
-        view = memoryview(buf)
-        while (end := self._pending.find(b"\r\n\r\n")) < 0:
-            if len(self._pending) >= MAX_HEAD:
-                raise ProtocolError("agent sent an oversized response head")
-            n = self._recv_into(view)
-            if not n:
-                raise _TransportFailure("connection closed before the answer")
-            self._pending += view[:n]
-        lines = bytes(self._pending[:end]).decode("latin-1").split("\r\n")
-        del self._pending[: end + 4]
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"agent sent a bad status line {lines[0][:80]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ProtocolError("agent sent a chunked answer where a Content-Length was expected")
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            raise ProtocolError("agent sent a bad Content-Length") from None
-        self._body_left = length - len(self._pending)
-        if self._body_left < 0:
-            del self._pending[length:]
-            self._body_left = 0
-        return _Head(int(parts[1]), headers)
-
-    def readinto(self, view: memoryview) -> int:
-        """Body bytes into ``view``; 0 only at the end of the body, which a broken connection never fakes."""
-        if self._pending:
-            n = min(len(view), len(self._pending))
-            view[:n] = self._pending[:n]
-            del self._pending[:n]
-            return n
-        if self._body_left <= 0:
-            return 0
-        n = self._recv_into(view[: min(len(view), self._body_left)])
-        if not n:
-            raise _TransportFailure(f"connection closed with {self._body_left} body bytes missing")
-        self._body_left -= n
-        return n
-
-    def read_body(self, limit: int = 1 << 20) -> bytes:
-        out = bytearray()
-        buf = bytearray(IO_CHUNK)
-        view = memoryview(buf)
-        while n := self.readinto(view):
-            if len(out) < limit:
-                out += view[:n]
-        return bytes(out[:limit])
-
-    # ---- requests
-
-    def get(self, target: str) -> _Head:
-        sock = self._open()
-        try:
-            sock.sendall(self._head_bytes("GET", target, None))
-        except OSError as exc:
-            raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
-        return self.read_head()
-
-    def put(self, target: str, source: Path | bytes, size: int) -> tuple[_Head, bytes]:
-        """Sends the body (sendfile where the kernel can do it) and returns the answer."""
-        sock = self._open()
-        try:
-            sock.sendall(self._head_bytes("PUT", target, size))
-            if isinstance(source, bytes):
-                sock.sendall(source)
-            else:
-                with open(source, "rb") as f:
-                    if self._ssl is None:
-                        sent = sock.sendfile(f, 0, size)
-                    else:
-                        sent = 0
-                        while chunk := f.read(IO_CHUNK):
-                            sock.sendall(chunk)
-                            sent += len(chunk)
-                if sent != size:
-                    raise ProtocolError(f"{source} changed size while being uploaded")
-            self._touch()
-        except OSError as exc:
-            # The agent may have refused the request and closed early: its answer explains more.
-            try:
-                head = self.read_head()
-            except (_TransportFailure, ProtocolError):
-                raise _TransportFailure(f"{type(exc).__name__}: {exc}") from exc
-            return head, self.read_body()
-        head = self.read_head()
-        return head, self.read_body()
-
-
-class _BodyFile(io.RawIOBase):
-    """The archive body as a file for tarfile's stream reader, straight from the socket."""
-
-    def __init__(self, exchange: _BulkExchange) -> None:
-        self._exchange = exchange
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        return self._exchange.readinto(memoryview(buffer).cast("B"))
-
-
-def _extract(exchange: _BulkExchange, dest_dir: Path) -> list[Path]:
-    """Unpacks the agent's tar stream, refusing any member that would land outside dest_dir."""
-    files: list[Path] = []
-
-    def guard(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            return None
-        checked = tarfile.data_filter(member, path)  # raises for absolute names, '..', links out
-        if checked is not None and checked.isfile():
-            files.append(dest_dir / checked.name)
-        return checked
-
-    source = io.BufferedReader(_BodyFile(exchange), IO_CHUNK)
-    try:
-        with tarfile.open(fileobj=source, mode="r|", bufsize=IO_CHUNK, copybufsize=IO_CHUNK) as tar:
-            tar.extractall(dest_dir, filter=guard)
-    except tarfile.FilterError as exc:
-        raise ProtocolError(f"unsafe archive from agent: {exc}") from None
-    except tarfile.TarError as exc:
-        raise ProtocolError(f"bad archive from agent: {exc}") from None
-    return files
 
 
 def _state(data: Any) -> CommandState:
@@ -385,7 +158,7 @@ class AgentClient:
             base_url=self.url,
             headers={"Authorization": self._auth},
             timeout=self._timeout(),
-            verify=self._ssl if self._ssl is not None else True,
+            verify=self._ssl if self._ssl is not None else _shared_tls_context(),
             trust_env=False,
         )
         self._last_contact = 0.0
@@ -412,7 +185,7 @@ class AgentClient:
         while True:
             try:
                 return await attempt()
-            except (httpx.TransportError, _TransportFailure, _Retryable) as exc:
+            except (httpx.TransportError, TransportFailure, Retryable) as exc:
                 last: BaseException = exc
             give_up_at = max(started, self._last_contact) + self._retry_deadline
             if time.monotonic() + delay > give_up_at:
@@ -442,16 +215,16 @@ class AgentClient:
         if status == 404 and code == "unknown_command":
             raise CommandUnknown(detail)
         if status == 404 and code == "unknown_upload":
-            raise _UploadLost(detail)
+            raise UploadLost(detail)
         if status in (502, 503, 504):
-            raise _Retryable(detail)
+            raise Retryable(detail)
         raise ProtocolError(detail)
 
     def _touch(self) -> None:
         self._last_contact = time.monotonic()
 
-    def _bulk(self, io_timeout: float | None = None) -> _BulkExchange:
-        return _BulkExchange(
+    def _bulk(self, io_timeout: float | None = None) -> BulkExchange:
+        return BulkExchange(
             self._host,
             self._port,
             self._netloc,
@@ -463,7 +236,7 @@ class AgentClient:
         )
 
     @staticmethod
-    async def _blocking(exchange: _BulkExchange, call: Callable[[], T]) -> T:
+    async def _blocking(exchange: BulkExchange, call: Callable[[], T]) -> T:
         """Runs a blocking step of ``exchange`` in a thread; cancelling aborts its connection."""
         job = asyncio.ensure_future(asyncio.to_thread(call))
         try:
@@ -527,7 +300,7 @@ class AgentClient:
                 if not_boot_id is None or info.boot_id != not_boot_id:
                     return info
                 last = f"still the old boot id {not_boot_id}"
-            except (httpx.TransportError, _Retryable, ValueError) as exc:
+            except (httpx.TransportError, Retryable, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(max(0.0, min(delay, end - time.monotonic())))
             delay = min(delay * 2, 1.0)
@@ -579,8 +352,8 @@ class AgentClient:
             params = {"path": remote_path, "upload": upload_id, "sha256": expected}
             try:
                 data = await self._json("POST", "/v1/files/commit", what, params=params)
-            except _UploadLost as exc:
-                raise _Retryable(str(exc)) from None
+            except UploadLost as exc:
+                raise Retryable(str(exc)) from None
             if data.get("sha256") != expected or data.get("size") != size:
                 raise ProtocolError(f"{what}: agent stored {data!r}, expected sha256 {expected}")
 
@@ -633,7 +406,7 @@ class AgentClient:
                 self._touch()
                 if head.headers.get("x-match-count") == "0":
                     return []
-                return await self._blocking(exchange, lambda: _extract(exchange, dest_dir))
+                return await self._blocking(exchange, lambda: extract_archive(exchange, dest_dir))
             finally:
                 exchange.close()
 
