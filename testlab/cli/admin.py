@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from testlab.cli.context import current_user, database
+from testlab.cli.context import current_user, database, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.services import vms as vm_service
 from testlab.services.users import add_user
@@ -24,7 +24,7 @@ def vm() -> None:
 @vm.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def vm_list(as_json: bool) -> None:
-    with database() as session:
+    with database(readonly=True) as session:
         vms = list_vms(session)
     if as_json:
         print_json(vms)
@@ -52,7 +52,7 @@ def vm_list(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def vm_show(name: str, as_json: bool) -> None:
-    with database() as session:
+    with database(readonly=True) as session:
         row = vm_service.get_vm(session, name)
         view = vm_view(row, row.host.name)
     if as_json:
@@ -79,17 +79,13 @@ def vm_set(name: str, change: str | None, abort: bool) -> None:
     if abort and change != "maintenance":
         raise click.UsageError("--abort only goes with --maintenance")
     by = current_user()
-    with database() as session:
-        row = vm_service.get_vm(session, name)
-        if change == "maintenance":
-            message = vm_service.request_maintenance(session, row, abort=abort, by=by)
-        elif change == "no-maintenance":
-            message = vm_service.end_maintenance(session, row, by=by)
-        elif change == "offline":
-            message = vm_service.set_offline(session, row, by=by)
-        else:
-            message = vm_service.enable(session, row, by=by)
-    click.echo(message)
+    change_vm = {
+        "maintenance": lambda s, vm: vm_service.request_maintenance(s, vm, abort=abort, by=by),
+        "no-maintenance": lambda s, vm: vm_service.end_maintenance(s, vm, by=by),
+        "offline": lambda s, vm: vm_service.set_offline(s, vm, by=by),
+        "enable": lambda s, vm: vm_service.enable(s, vm, by=by),
+    }[change]
+    click.echo(write(lambda session: change_vm(session, vm_service.get_vm(session, name))))
 
 
 @click.group()
@@ -102,6 +98,4 @@ def user() -> None:
 @click.option("--admin", is_flag=True, help="May administer the lab.")
 def user_add(name: str, admin: bool) -> None:
     """Create a user; prints its API token (shown only once)."""
-    with database() as session:
-        token = add_user(session, name, admin=admin)
-    click.echo(token)
+    click.echo(write(lambda session: add_user(session, name, admin=admin)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from testlab.cli.context import current_user, database, settings
+from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.domain.jobfile import parse_job
 from testlab.domain.statuses import TaskStatus
@@ -30,9 +30,12 @@ def job_submit(file: Path, priority: int | None) -> None:
     """Submit the job defined in FILE; prints its id."""
     definition = parse_job(file)
     current = settings()
-    with database(current) as session:
-        job_id = submit_job(session, current, definition, owner=current_user(), priority=priority)
-    click.echo(job_id)
+    owner = current_user()
+    click.echo(
+        write(
+            lambda session: submit_job(session, current, definition, owner=owner, priority=priority), current
+        )
+    )
 
 
 @job.command("list")
@@ -40,7 +43,7 @@ def job_submit(file: Path, priority: int | None) -> None:
 @click.option("--limit", type=int, default=None, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
-    with database() as session:
+    with database(readonly=True) as session:
         jobs = list_jobs(session, status, limit)
     if as_json:
         print_json(jobs)
@@ -59,7 +62,7 @@ def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def job_show(job_id: int, as_json: bool) -> None:
-    with database() as session:
+    with database(readonly=True) as session:
         view = job_view(session, get_job(session, job_id))
     if as_json:
         print_json(view)
@@ -88,9 +91,8 @@ def job_show(job_id: int, as_json: bool) -> None:
 @click.argument("job_id", type=int)
 def job_cancel(job_id: int) -> None:
     """Cancel a job: queued tasks are skipped, running ones are killed."""
-    with database() as session:
-        row = cancel_job(session, job_id)
-        click.echo(f"job {job_id}: cancel requested ({row.status})")
+    status = write(lambda session: cancel_job(session, job_id).status)
+    click.echo(f"job {job_id}: cancel requested ({status})")
 
 
 @job.command("restart")
@@ -98,6 +100,5 @@ def job_cancel(job_id: int) -> None:
 def job_restart(job_id: int) -> None:
     """Run an ended job again from scratch."""
     current = settings()
-    with database(current) as session:
-        restart_job(session, current, job_id)
+    write(lambda session: restart_job(session, current, job_id), current)
     click.echo(f"job {job_id} requeued")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from testlab.cli.context import current_user, database
+from testlab.cli.context import current_user, database, ready, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.domain.labfile import dump_lab, parse_lab
 from testlab.services import hosts as host_service
@@ -30,9 +30,10 @@ def lab() -> None:
 def lab_apply(file: Path) -> None:
     """Create or update hosts and VMs from FILE; VMs no longer listed are retired."""
     definition = parse_lab(file)
-    with database() as session:
-        report = apply_lab(session, definition)
-        host_service.prepare_domains(definition)
+    # Sandbox disks are created before the rows, outside any transaction (idempotent: a failed apply
+    # leaves domains the next apply reuses); copying them must not hold the database's write lock.
+    host_service.prepare_domains(definition)
+    report = write(lambda session: apply_lab(session, definition))
     if not report.changed:
         click.echo("lab unchanged")
         return
@@ -48,7 +49,7 @@ def lab_apply(file: Path) -> None:
 @lab.command("export")
 def lab_export() -> None:
     """Print the current lab as a lab file."""
-    with database() as session:
+    with database(readonly=True) as session:
         click.echo(dump_lab(export_lab(session)), nl=False)
 
 
@@ -60,7 +61,7 @@ def host() -> None:
 @host.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def host_list(as_json: bool) -> None:
-    with database() as session:
+    with database(readonly=True) as session:
         hosts = list_hosts(session)
     if as_json:
         print_json(hosts)
@@ -91,8 +92,8 @@ def host_list(as_json: bool) -> None:
 def host_set(name: str, status: str | None) -> None:
     if status is None:
         raise click.UsageError("give --down or --up")
-    with database() as session:
-        click.echo(set_host_status(session, get_host(session, name), status, by=current_user()))
+    by = current_user()
+    click.echo(write(lambda session: set_host_status(session, get_host(session, name), status, by=by)))
 
 
 @host.command("power-cycle")
@@ -100,7 +101,5 @@ def host_set(name: str, status: str | None) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the power cycle may take.")
 def host_power_cycle(name: str, timeout: float) -> None:
     """Run the host's power-cycle command; its VMs are then treated as dirty."""
-    with database() as session:
-        click.echo(
-            host_service.power_cycle(session, get_host(session, name), timeout=timeout, by=current_user())
-        )
+    url = ready().database_url
+    click.echo(host_service.power_cycle(url, name, timeout=timeout, by=current_user()))

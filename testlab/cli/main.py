@@ -11,12 +11,12 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from testlab.cli import admin, jobs, lab, run
-from testlab.db.session import SchemaOutOfDate, upgrade
+from testlab.db.session import Conflict, SchemaOutOfDate, upgrade
 from testlab.domain.errors import DefinitionError
 from testlab.hypervisor.base import HypervisorError
 from testlab.services.errors import UserError
 
-USER_ERRORS = (UserError, DefinitionError, SchemaOutOfDate, HypervisorError)
+USER_ERRORS = (UserError, DefinitionError, SchemaOutOfDate, HypervisorError, Conflict)
 
 
 class Root(click.Group):

@@ -28,9 +28,10 @@ def engine(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        run_engine(settings())
+        code = run_engine(settings())
     except LeaseHeld as error:
         raise UserError(str(error)) from None
+    raise SystemExit(code)
 
 
 @click.command()

@@ -27,6 +27,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def _version_column() -> Mapped[int]:
+    """Every row several processes change carries a version: SQLAlchemy adds `AND version = :read`
+    to each UPDATE and bumps it, so a write based on a stale read changes nothing (docs/engine.md)."""
+    return mapped_column(Integer, nullable=False, default=1, server_default="1")
+
+
 class Host(Base):
     __tablename__ = "hosts"
 
@@ -45,8 +51,11 @@ class Host(Base):
     commands: Mapped[dict] = mapped_column(JSON, default=dict)
     agent_token_file: Mapped[str | None] = mapped_column(String(500), nullable=True)
     retired: Mapped[bool] = mapped_column(Boolean, default=False)  # gone from the lab file; history kept
+    version: Mapped[int] = _version_column()
 
     vms: Mapped[list[VM]] = relationship(back_populates="host")
+
+    __mapper_args__ = {"version_id_col": version}
 
 
 class VM(Base):
@@ -72,10 +81,12 @@ class VM(Base):
     operation_deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # agent boot id after the revert
     next_check: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # monitor of offline VMs
+    version: Mapped[int] = _version_column()
 
     host: Mapped[Host] = relationship(back_populates="vms")
 
     __table_args__ = (Index("ix_vms_host_domain", "host_id", "domain"),)
+    __mapper_args__ = {"version_id_col": version}
 
 
 class User(Base):
@@ -101,10 +112,16 @@ class Job(Base):
     submitted: Mapped[datetime] = mapped_column(DateTime)
     started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    version: Mapped[int] = _version_column()
 
     steps: Mapped[list[Step]] = relationship(back_populates="job", order_by="Step.number")
 
-    __table_args__ = (Index("ix_jobs_status_priority", "status", "priority", "id"),)
+    # Ids are never reused (AUTOINCREMENT on SQLite): a job's files live under its id.
+    __table_args__ = (
+        Index("ix_jobs_status_priority", "status", "priority", "id"),
+        {"sqlite_autoincrement": True},
+    )
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Step(Base):
@@ -123,11 +140,17 @@ class Step(Base):
     status: Mapped[str] = mapped_column(String(20), default="queued")
     started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    version: Mapped[int] = _version_column()
 
     job: Mapped[Job] = relationship(back_populates="steps")
     tasks: Mapped[list[Task]] = relationship(back_populates="step", order_by="Task.number")
 
-    __table_args__ = (UniqueConstraint("job_id", "number"), UniqueConstraint("job_id", "name"))
+    __table_args__ = (
+        UniqueConstraint("job_id", "number"),
+        UniqueConstraint("job_id", "name"),
+        {"sqlite_autoincrement": True},
+    )
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Task(Base):
@@ -150,6 +173,7 @@ class Task(Base):
     agent_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     command_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    version: Mapped[int] = _version_column()
 
     step: Mapped[Step] = relationship(back_populates="tasks")
     vm: Mapped[VM] = relationship()
@@ -158,7 +182,9 @@ class Task(Base):
         Index("ix_tasks_status_job", "status", "job_id"),
         Index("ix_tasks_job", "job_id", "step_id", "number"),
         Index("ix_tasks_vm", "vm_id", "ended"),
+        {"sqlite_autoincrement": True},
     )
+    __mapper_args__ = {"version_id_col": version}
 
 
 class Event(Base):
@@ -176,22 +202,44 @@ class Event(Base):
     old_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
     new_status: Mapped[str | None] = mapped_column(String(20), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    # Who wrote it: "engine 7" (the engine holding lease epoch 7), "cli alice", ...
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
+    # Ids only grow (AUTOINCREMENT on SQLite): the engine follows the history by its highest id.
     __table_args__ = (
         Index("ix_events_vm_time", "vm_id", "time"),
         Index("ix_events_task", "task_id"),
         Index("ix_events_time", "time"),
+        {"sqlite_autoincrement": True},
     )
 
 
 class EngineLease(Base):
-    """At most one engine per database: the holder renews its lease; another engine refuses to start."""
+    """At most one engine per database: the holder renews its lease; another engine refuses to start.
+
+    `epoch` grows at every acquisition; every engine transaction checks it first, so an engine that
+    lost its lease (paused past its expiry while another took over) can change nothing."""
 
     __tablename__ = "engine_lease"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires: Mapped[datetime] = mapped_column(DateTime)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+
+
+class Blocked(Base):
+    """Why queued work cannot run as things stand, as the engine's scheduler last saw it.
+
+    `subject` names what the work waits for ("vm win10"); `job show` prints the reason next to each
+    queued task. Kept apart from the VM rows so that the engine's bookkeeping never conflicts with an
+    administrator's change of the VM."""
+
+    __tablename__ = "blocked"
+
+    subject: Mapped[str] = mapped_column(String(300), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(DateTime)
 
 
 def utcnow() -> datetime:

@@ -1,56 +1,165 @@
-"""Database connections: one SQLAlchemy engine per URL, SQLite tuned for sharing, schema checks.
+"""Database connections and transactions: the rules every writer (engine, CLI, web) follows.
 
-SQLite runs in WAL mode with a busy timeout so the engine, the web server and the CLI can use the same
-file at once. Every command checks that the schema is at the migrations' head before touching data.
+- **Real transactions.** On SQLite, pysqlite's own transaction handling sends no BEGIN before the
+  first write, so two reads of one "transaction" could see another process's commit in between. We
+  emit BEGIN ourselves: `BEGIN IMMEDIATE` for writing transactions (they take the write lock at once,
+  so what they read cannot change before they write) and a deferred `BEGIN` for read-only ones (a
+  consistent snapshot in WAL mode). On PostgreSQL, read-only transactions run at REPEATABLE READ so a
+  multi-query read (the scheduler's snapshot) sees one state.
+- **Conditional writes.** Rows that several processes change carry a version (testlab/db/models.py);
+  every ORM UPDATE says `WHERE id = :id AND version = :read`. A write based on a stale read changes
+  nothing and raises; `run_transaction` runs the whole unit of work again on fresh data.
+- **Files follow the commit.** `after_commit` registers file changes that must only happen once the
+  rows describing them are committed; a rolled-back transaction drops them.
+
+SQLite runs in WAL mode with a busy timeout so the engine, the web server and the CLI can share the file.
+Every command checks that the schema is at the migrations' head before touching data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+log = logging.getLogger("testlab.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration. Every command checks the database against it; a test keeps it equal to the
 # head of the migration scripts, so commands need not load Alembic (a sixth of their start-up time).
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_STATEMENT_TIMEOUT_MS = 60_000
+CONFLICT_ATTEMPTS = 8
+
+T = TypeVar("T")
 
 
 class SchemaOutOfDate(Exception):
     """The database is missing or older than this version of testlab."""
 
 
-def _tune_sqlite(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+class Conflict(Exception):
+    """The rows a unit of work read kept changing under it: it was retried and gave up."""
+
+
+def _sqlite_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def tune(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we send BEGIN ourselves (see the module docstring)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return tune
+
+
+def _sqlite_begin(connection: Any) -> None:
+    mode = connection.get_execution_options().get("testlab_sqlite_begin", "IMMEDIATE")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 @cache
-def get_engine(url: str) -> Engine:
+def get_engine(url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
+    """One engine per URL (and SQLite busy timeout: the engine's lease uses a short one)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        event.listen(engine, "connect", _tune_sqlite)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+        event.listen(engine, "connect", _sqlite_connect(busy_timeout_ms))
+        event.listen(engine, "begin", _sqlite_begin)
     else:
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": 10,
+                # A vanished server must not hang a call for ever: probe idle links, bound statements.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
+            },
+        )
     return engine
 
 
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+@cache
+def _sessions(url: str, readonly: bool, busy_timeout_ms: int) -> sessionmaker[Session]:
+    engine = get_engine(url, busy_timeout_ms)
+    if readonly:
+        if is_sqlite(url):
+            bind = engine.execution_options(testlab_sqlite_begin="DEFERRED")
+        else:
+            bind = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    else:
+        bind = engine
+    return sessionmaker(bind, expire_on_commit=False)
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` (a file change) once this session's transaction is committed; never if it is not."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    session.info.pop("on_rollback", None)
+    for action in session.info.pop("after_commit", []):
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - the rows are committed; start-up cleanup finishes it
+            log.warning("after the commit: %s: %s", type(error).__name__, error)
+
+
+def on_rollback(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` (undoing a file change made for this transaction) if it is rolled back."""
+    session.info.setdefault("on_rollback", []).append(action)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
+    if previous_transaction.parent is not None:
+        return  # a savepoint or inner transaction: the outer one decides
+    session.info.pop("after_commit", None)
+    for action in session.info.pop("on_rollback", []):
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - leftovers are removed by the start-up clean-up
+            log.warning("after the rollback: %s: %s", type(error).__name__, error)
+
+
 @contextmanager
-def session_scope(url: str) -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on any error (no partial writes)."""
-    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+def session_scope(
+    url: str,
+    *,
+    readonly: bool = False,
+    actor: str | None = None,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> Iterator[Session]:
+    """One transaction: committed on success, rolled back on any error (no partial writes).
+
+    `actor` is recorded with every event the transaction writes (who changed what)."""
+    session = _sessions(url, readonly, busy_timeout_ms)()
+    if actor is not None:
+        session.info["actor"] = actor
     try:
         yield session
         session.commit()
@@ -59,6 +168,32 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def run_transaction(
+    url: str,
+    work: Callable[[Session], T],
+    *,
+    readonly: bool = False,
+    actor: str | None = None,
+    attempts: int = CONFLICT_ATTEMPTS,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> T:
+    """Run `work(session)` in one transaction; when a conditional write finds that a row it read has
+    moved on, roll back and run it again from scratch on fresh data. Raises Conflict after `attempts`."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with session_scope(
+                url, readonly=readonly, actor=actor, busy_timeout_ms=busy_timeout_ms
+            ) as session:
+                return work(session)
+        except StaleDataError as error:
+            if attempt == attempts:
+                raise Conflict(
+                    f"the data kept changing under this change ({attempts} tries): {error}"
+                ) from None
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 def alembic_config(url: str):
@@ -78,20 +213,36 @@ def head_revision() -> str:
 
 
 def current_revision(url: str) -> str | None:
-    with get_engine(url).connect() as connection:
+    with get_engine(url).execution_options(testlab_sqlite_begin="DEFERRED").connect() as connection:
         if not inspect(connection).has_table("alembic_version"):
             return None
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(url: str) -> None:
-    """Bring the schema to the latest migration (creating it if needed)."""
+    """Bring the schema to the latest migration (creating it if needed).
+
+    On SQLite, rebuilding a table that others reference needs foreign keys off for the duration
+    (a pragma that only works outside a transaction); they are checked before the commit."""
     from alembic import command
 
     config = alembic_config(url)
-    with get_engine(url).begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    engine = get_engine(url)
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection if is_sqlite(url) else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if raw is not None:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left broken foreign keys: {broken[:5]}")
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 def check_schema(url: str) -> None:

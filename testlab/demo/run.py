@@ -19,10 +19,10 @@ from testlab.db.models import VM, Host, Job, Step, Task
 from testlab.db.session import session_scope, upgrade
 from testlab.domain.jobfile import parse_job
 from testlab.domain.labfile import parse_lab_text
-from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.domain.statuses import TaskStatus
 from testlab.engine.daemon import Engine
 from testlab.engine.options import EngineOptions
-from testlab.services.hosts import prepare_domains
+from testlab.services.hosts import power_off_vms, prepare_domains
 from testlab.services.jobs import submit_job
 from testlab.services.lab import apply_lab
 
@@ -44,9 +44,9 @@ def setup(settings: Settings) -> list[int]:
     text = (_demo_dir() / "lab.yaml").read_text().replace("{home}", str(settings.home))
     lab = parse_lab_text(text, "demo lab", settings.home)
     job_ids = []
+    prepare_domains(lab)
     with session_scope(settings.database_url) as session:
         apply_lab(session, lab)
-        prepare_domains(lab)
     for name in JOBS:
         definition = parse_job(_demo_dir() / name)
         with session_scope(settings.database_url) as session:
@@ -56,16 +56,9 @@ def setup(settings: Settings) -> list[int]:
 
 def shut_down(settings: Settings) -> None:
     """Power the sandbox VMs off so the demo leaves no process behind; the next run reverts them."""
-    from testlab.services.hosts import backend_for
-    from testlab.services.transitions import set_vm_status
-
-    with session_scope(settings.database_url) as session:
-        for vm in session.scalars(select(VM).join(VM.host).where(Host.backend == "local")):
-            backend_for(vm.host).power_off(vm.domain)
-            vm.boot_id = None
-            vm.operation = vm.operation_started = vm.operation_deadline = None
-            if vm.status not in (VMStatus.OFFLINE, VMStatus.MAINTENANCE):
-                set_vm_status(session, vm, VMStatus.OFF, "demo finished: powered off")
+    with session_scope(settings.database_url, readonly=True) as session:
+        names = list(session.scalars(select(VM.name).join(VM.host).where(Host.backend == "local")))
+    power_off_vms(settings.database_url, names, by="demo")
 
 
 def _statuses(settings: Settings, job_ids: list[int]) -> dict[int, str]:

@@ -1,16 +1,24 @@
-"""The engine's connections to the outside: one hypervisor driver per host, one agent client per agent."""
+"""The engine's connections to the outside: one hypervisor driver per host, one agent client per VM.
+
+Clients are long-lived: a VM keeps its client (and its connection pool) from task to task. When a VM's
+agent moves (a local sandbox listens on a new port after each power-on) or a host's configuration
+changes, the old client or driver is closed, never leaked.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
 from pathlib import Path
 
 from testlab.agent.client import AgentClient
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import VMRef
-from testlab.hypervisor import open_backend
-from testlab.hypervisor.base import Backend, OperationFailed
+from testlab.hypervisor import HostConfig, open_host
+from testlab.hypervisor.base import Backend, HostUnreachable, OperationFailed
 from testlab.hypervisor.driver import HostDriver
+
+log = logging.getLogger("testlab.engine")
 
 
 def _with_faults(backend: Backend) -> Backend:
@@ -26,26 +34,41 @@ class Connections:
         self.options = options
         self.drivers: dict[str, HostDriver] = {}
         self.tokens: dict[str, str | None] = {}
-        self._clients: dict[tuple[str, str], AgentClient] = {}
-        self._keys: dict[str, tuple] = {}
+        self.problems: dict[str, str] = {}  # host -> why it cannot be used as configured
+        self._configs: dict[str, HostConfig] = {}
+        self._clients: dict[str, tuple[tuple[str, str], AgentClient]] = {}  # VM name -> (url, token), client
+        self._closing: set[asyncio.Task] = set()
 
-    def configure(self, hosts: list[tuple[str, str, str, dict, str | None]]) -> None:
-        """(Re)build drivers for the lab's hosts; unchanged hosts keep theirs."""
-        for name, backend, uri, commands, token_file in hosts:
-            key = (backend, uri, json.dumps(commands, sort_keys=True))
-            if self._keys.get(name) == key:
+    def configure(self, hosts: list[HostConfig]) -> None:
+        """(Re)build drivers for the lab's hosts; unchanged hosts keep theirs. A host whose settings
+        cannot be used (a token file gone) is reported in `problems`, the others carry on."""
+        for config in hosts:
+            if self._configs.get(config.name) == config and config.name not in self.problems:
                 continue
-            self.drivers[name] = HostDriver(
-                _with_faults(open_backend(backend, name, uri, {"commands": commands}))
-            )
-            self._keys[name] = key
-            self.tokens[name] = Path(token_file).read_text().strip() if token_file else None
+            try:
+                token = Path(config.agent_token_file).read_text().strip() if config.agent_token_file else None
+                driver = HostDriver(_with_faults(open_host(config)))
+            except (OSError, ValueError) as error:
+                problem = f"host {config.name}: {type(error).__name__}: {error}"
+                if self.problems.get(config.name) != problem:
+                    log.error("%s", problem)
+                self.problems[config.name] = problem
+                continue
+            self.problems.pop(config.name, None)
+            self._close_later(self.drivers.get(config.name))
+            self.drivers[config.name] = driver
+            self.tokens[config.name] = token
+            self._configs[config.name] = config
 
     def driver(self, host: str) -> HostDriver:
-        return self.drivers[host]
+        driver = self.drivers.get(host)
+        if driver is None:
+            raise HostUnreachable(self.problems.get(host, f"host {host} is not configured"), host=host)
+        return driver
 
     async def agent(self, vm: VMRef, url: str | None = None) -> AgentClient:
-        """The agent client of a VM: the backend knows it (local sandboxes) or the lab file names it."""
+        """The agent client of a VM: the backend knows its address (local sandboxes) or the lab file
+        names it. One client per VM, replaced (and the old one closed) when the address changes."""
         address = await self.driver(vm.host).agent_address(vm.domain)
         if address is not None:
             url, token = address.url, address.token
@@ -58,20 +81,33 @@ class Connections:
                     host=vm.host,
                     domain=vm.domain,
                 )
-        key = (url, token)
-        client = self._clients.get(key)
-        if client is None:
-            client = self._clients[key] = AgentClient(
-                url,
-                token,
-                connect_timeout=5.0,
-                request_timeout=30.0,
-                retry_deadline=self.options.agent_retry_deadline,
-            )
+        known = self._clients.get(vm.name)
+        if known is not None and known[0] == (url, token):
+            return known[1]
+        if known is not None:
+            self._close_later(known[1])
+        client = AgentClient(
+            url,
+            token,
+            connect_timeout=5.0,
+            request_timeout=30.0,
+            retry_deadline=self.options.agent_retry_deadline,
+        )
+        self._clients[vm.name] = ((url, token), client)
         return client
 
+    def _close_later(self, closable: AgentClient | HostDriver | None) -> None:
+        if closable is None:
+            return
+        task = asyncio.get_running_loop().create_task(closable.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for _, client in self._clients.values():
             await client.aclose()
         for driver in self.drivers.values():
             await driver.aclose()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        self._clients.clear()
+        self.drivers.clear()

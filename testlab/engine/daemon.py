@@ -1,58 +1,70 @@
 """The engine: one asyncio process that plans with the pure scheduler and drives the lab.
 
 Loop: wait for a change (the event history grew, an operation ended, a tick passed) -> read a
-snapshot -> plan -> record the actions -> run them as background coroutines. Every database call runs
-on one dedicated thread (never on the event loop); hypervisor calls run in each host's thread pool.
+snapshot -> plan -> record the actions -> run them as background coroutines. Database calls run on
+the engine's database thread, planning on a thread of its own, hypervisor calls in each host's thread
+pool: nothing blocks the event loop.
+
+What stops it: SIGTERM/SIGINT, a lost lease (another engine took over: it changes nothing more and
+exits 1) or a schema it does not know. What does not: a database outage (it pauses, leaves the
+commands running on their agents, waits for the database and then re-reads everything as at a
+restart) and a failed planning round (one line in the log, a back-off, and the next round).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from testlab.config import Settings
-from testlab.db.session import check_schema, session_scope
-from testlab.engine import lease
+from testlab.db.session import SchemaOutOfDate, check_schema
+from testlab.engine import reading
 from testlab.engine.connections import Connections
+from testlab.engine.database import EngineDatabase, describe_outage, is_database_outage
+from testlab.engine.dispatch import record_blocked, record_plan
+from testlab.engine.lease import LeaseKeeper, LeaseLost
 from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
+from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
-from testlab.engine.store import Store
-from testlab.engine.work import PowerOffWork, RevertWork, TaskWork
+from testlab.engine.work import KillWork, PowerOffWork, RevertWork, TaskWork
 from testlab.scheduler import plan
+from testlab.threads import DaemonThreadPool
 
 log = logging.getLogger("testlab.engine")
+
+SHUTDOWN_GRACE = 5.0  # seconds a stopping engine gives its connections to close
+
+
+class DatabaseOutage(Exception):
+    """Raised inside the engine to leave the loop and wait for the database."""
 
 
 class Engine:
     def __init__(self, settings: Settings, options: EngineOptions | None = None) -> None:
         self.settings = settings
         self.options = options or EngineOptions.from_env()
-        self.store = Store(settings, self.options)
+        self.db = EngineDatabase(settings.database_url)
+        self.lease = LeaseKeeper(settings.database_url, self.options.lease_ttl)
+        self.outcomes = Outcomes(settings, self.options)
         self.connections = Connections(self.options)
-        self._db_thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="testlab-db"
-        )
-        self.operations = Operations(self.store, self.connections, self.db)
-        self.holder = lease.holder_id()
+        self.operations = Operations(self.db, self.outcomes, self.connections, self.lease.ensure)
         self.inflight: dict[str, asyncio.Task] = {}  # VM name -> its operation
-        self.killing: set[int] = set()  # task ids being killed
-        self.blocked: dict[str, str] = {}
+        self.killing: dict[int, asyncio.Task] = {}  # task id -> the kill of its command
+        self.blocked: dict[str, str] | None = None  # as last stored
+        self.exit_code = 0
+        self.rounds = 0
+        self._planner = DaemonThreadPool(1, "testlab-plan")
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_event = -1
-        self.rounds = 0
-
-    async def db(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_thread, functools.partial(function, *args, **kwargs))
+        self._outage: BaseException | None = None
+        self._fatal: BaseException | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -63,64 +75,141 @@ class Engine:
 
     # ------------------------------------------------------------------ life cycle
 
-    async def run(self, *, until: Callable[[], bool] | None = None) -> None:
-        """Run until stopped (SIGTERM/SIGINT, stop()) or until `until()` is true after a round."""
-        await self.db(check_schema, self.settings.database_url)
-        await self.db(self._acquire_lease)
-        background: list[asyncio.Task] = []
+    async def run(self, *, until: Callable[[], bool] | None = None) -> int:
+        """Run until stopped (SIGTERM/SIGINT, stop()) or until `until()` (called off the loop) is true
+        after a round. Returns the exit code: 0, or 1 when the lease was lost or the schema changed."""
+        await asyncio.to_thread(check_schema, self.settings.database_url)
+        self.db.epoch = await self.lease.acquire()
+        log.info("engine %s holds the lease (epoch %s)", self.lease.holder, self.db.epoch)
+        keeper = asyncio.create_task(self.lease.keep(self._fail))
+        why = "engine started"
         try:
-            self.connections.configure(await self.db(self.store.hosts))
-            for work in await reconcile(self.store, self.connections, self.db):
-                self._spawn(work.vm.name, self.operations.run_task(work, attach=True))
-            background = [asyncio.create_task(self._watch_events()), asyncio.create_task(self._renew_lease())]
             while not self._stop.is_set():
-                await self._round()
-                if until is not None and until():
+                try:
+                    await self._serve(why, until)
                     break
+                except DatabaseOutage as outage:
+                    await self._ride_out(outage)
+                    why = "database back"
+        except LeaseLost as error:
+            log.error("%s: this engine changes nothing more and stops", error)
+            self.exit_code = 1
+        except SchemaOutOfDate as error:
+            log.error("%s; the engine stops", error)
+            self.exit_code = 1
+        finally:
+            keeper.cancel()
+            await self._abandon_operations()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.connections.aclose(), SHUTDOWN_GRACE)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.lease.release(), SHUTDOWN_GRACE)
+            self.lease.close()
+            self.db.close()
+            self._planner.shutdown(wait=False)
+        return self.exit_code
+
+    def _fail(self, error: BaseException) -> None:
+        """A coroutine found that the engine must stop (a lost lease) or pause (a database outage);
+        anything else it met is reported and the engine goes on."""
+        if isinstance(error, LeaseLost):
+            self._fatal = error
+        elif is_database_outage(error):
+            self._outage = self._outage or error
+        else:
+            log.error("%s: %s", type(error).__name__, error)
+        self._wake.set()
+
+    def _check_failures(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._outage is not None:
+            raise DatabaseOutage(describe_outage(self._outage))
+
+    async def _serve(self, why: str, until: Callable[[], bool] | None) -> None:
+        """Reconcile, then plan round after round until stopped."""
+        try:
+            self.connections.configure(await self.db.read(reading.host_configs))
+            for work in await reconcile(self.db, self.outcomes, self.connections, why=why):
+                self._spawn(work.vm.name, work, lambda w=work: self.operations.run_task(w, attach=True))
+        except Exception as error:
+            if is_database_outage(error):
+                raise DatabaseOutage(describe_outage(error)) from None
+            raise
+        poller = asyncio.create_task(self._watch_events())
+        backoff = 1.0
+        try:
+            while not self._stop.is_set():
+                self._check_failures()
+                try:
+                    await self._round()
+                    backoff = 1.0
+                except (LeaseLost, SchemaOutOfDate, DatabaseOutage):
+                    raise
+                except Exception as error:
+                    if is_database_outage(error):
+                        raise DatabaseOutage(describe_outage(error)) from None
+                    await self._round_failed(error, backoff)
+                    backoff = min(backoff * 2, self.options.round_backoff_cap)
+                    continue
+                if until is not None and await asyncio.to_thread(until):
+                    return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.options.tick)
                 self._wake.clear()
         finally:
-            for task in background:
-                task.cancel()
-            # Operations in flight are abandoned, not undone: the next engine re-attaches to them.
-            for task in list(self.inflight.values()):
-                task.cancel()
-            await asyncio.gather(*background, *self.inflight.values(), return_exceptions=True)
-            await self.connections.aclose()
-            with contextlib.suppress(Exception):
-                await self.db(self._release_lease)
-            self._db_thread.shutdown(wait=True)
+            poller.cancel()
 
-    def _acquire_lease(self) -> None:
-        with session_scope(self.settings.database_url) as session:
-            lease.acquire(session, self.holder, self.options.lease_ttl)
+    async def _round_failed(self, error: Exception, backoff: float) -> None:
+        log.error("planning round failed (%s: %s); next try in %.0f s", type(error).__name__, error, backoff)
+        log.debug("planning round failure", exc_info=error)
+        await asyncio.to_thread(check_schema, self.settings.database_url)  # a newer schema stops the engine
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), backoff)
 
-    def _release_lease(self) -> None:
-        with session_scope(self.settings.database_url) as session:
-            lease.release(session, self.holder)
+    async def _ride_out(self, outage: DatabaseOutage) -> None:
+        """Pause until the database answers again and the lease is confirmed ours. Commands go on
+        running on their agents; operations in flight are abandoned, as at a restart."""
+        log.error("database unreachable (%s): engine paused, commands keep running on their agents", outage)
+        await self._abandon_operations()
+        started = time.monotonic()
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                await self.db.read(reading.last_event_id)
+                await self.lease.confirm()
+                break
+            except LeaseLost:
+                raise
+            except Exception as error:
+                if not is_database_outage(error):
+                    raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        self._outage = None
+        if not self._stop.is_set():
+            log.warning(
+                "database back after %.1f s: re-reading the lab as at a restart", time.monotonic() - started
+            )
 
-    async def _renew_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.lease_ttl / 3)
-
-            def renew() -> bool:
-                with session_scope(self.settings.database_url) as session:
-                    return lease.renew(session, self.holder, self.options.lease_ttl)
-
-            if not await self.db(renew):
-                log.error("another engine took over the lease: stopping")
-                self.stop()
-                return
+    async def _abandon_operations(self) -> None:
+        """Cancel every coroutine in flight; the work they drive is not undone (reconcile re-attaches)."""
+        tasks = [*self.inflight.values(), *self.killing.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
+        self.inflight.clear()
+        self.killing.clear()
 
     async def _watch_events(self) -> None:
         """The event history is the change feed: any new event (a job submitted, a VM set by an
         administrator, an operation's outcome) triggers a new planning round."""
         while True:
             try:
-                last = await self.db(self.store.last_event_id)
-            except Exception:  # noqa: BLE001 - a busy database: the next poll or tick will do
-                log.warning("could not poll the event history", exc_info=True)
+                last = await self.db.read(reading.last_event_id)
+            except Exception:  # noqa: BLE001 - the round itself notices and reports an outage
                 last = self._last_event
             if last != self._last_event:
                 self._last_event = last
@@ -131,75 +220,94 @@ class Engine:
 
     async def _round(self) -> None:
         self.rounds += 1
-        self.connections.configure(await self.db(self.store.hosts))
-        view = await self.db(self.store.load, frozenset(self.inflight), time.time())
-        decided = plan(view.snapshot)
-        if dict(decided.blocked) != self.blocked:
+        self.connections.configure(await self.db.read(reading.host_configs))
+        view = await self.db.read(reading.read_round, self.options, frozenset(self.inflight), time.time())
+        loop = asyncio.get_running_loop()
+        decided = await loop.run_in_executor(self._planner, plan, view.snapshot)
+        if decided.blocked != self.blocked:
+            await self.db.write(record_blocked, decided.blocked)
+            for vm, reason in decided.blocked.items():
+                if (self.blocked or {}).get(vm) != reason:
+                    log.info("tasks for %s are blocked: %s", vm, reason)
             self.blocked = dict(decided.blocked)
-            for vm, reason in self.blocked.items():
-                log.info("tasks for %s are blocked: %s", vm, reason)
         if decided.actions:
-            for work in await self.db(self.store.begin, decided):
-                self._spawn(work.vm.name, self._operation(work))
+            for work in await self.db.write(record_plan, decided, view, self.settings, self.options):
+                self._spawn(work.vm.name, work, self._operation(work))
         for kill in view.to_kill:
             if kill.task_id not in self.killing:
-                self.killing.add(kill.task_id)
-                asyncio.create_task(self._kill(kill))
+                self._kill(kill)
         for check in view.to_monitor:
-            self._spawn(check.vm.name, self.operations.monitor(check))
+            self._spawn(check.vm.name, check, lambda c=check: self.operations.monitor(c))
         for vm in view.expired:
             if vm.name not in self.inflight:
-                await self.db(self.store.operation_expired, vm.id)
+                await self.db.write(self.outcomes.operation_expired, vm.id)
 
-    async def _kill(self, kill) -> None:
-        try:
-            await self.operations.kill(kill)
-            await asyncio.sleep(2)  # the follower records the outcome; re-kill only if it did not
-        finally:
-            self.killing.discard(kill.task_id)
+    def _kill(self, kill: KillWork) -> None:
+        async def run() -> None:
+            try:
+                await self.operations.kill(kill)
+                await asyncio.sleep(2)  # the follower records the outcome; re-kill only if it did not
+            except Exception as error:  # noqa: BLE001 - a lost lease or an outage: the loop decides
+                self._fail(error)
 
-    def _operation(self, work: RevertWork | PowerOffWork | TaskWork):
+        task = asyncio.create_task(run())
+        self.killing[kill.task_id] = task
+        task.add_done_callback(lambda _: self.killing.pop(kill.task_id, None))
+
+    def _operation(self, work: RevertWork | PowerOffWork | TaskWork) -> Callable[[], Awaitable[None]]:
         if isinstance(work, RevertWork):
-            return self._guarded(work, self.operations.revert(work))
+            return lambda: self.operations.revert(work)
         if isinstance(work, PowerOffWork):
-            return self._guarded(work, self.operations.power_off(work))
-        return self._guarded(work, self.operations.run_task(work))
+            return lambda: self.operations.power_off(work)
+        return lambda: self.operations.run_task(work)
 
-    async def _guarded(self, work, coroutine) -> None:
-        """An operation that dies of an unexpected error must not leave its VM busy for ever: the
-        error is recorded like any infrastructure error (the task requeued, the VM's count raised)."""
-        try:
-            await coroutine
-        except Exception as error:  # noqa: BLE001 - a bug or an unmapped error; recorded, not hidden
-            log.exception("operation on %s failed unexpectedly", work.vm.name)
-            reason = f"engine error: {type(error).__name__}: {error}"
-            if isinstance(work, TaskWork):
-                await self.db(self.store.task_requeue, work.task_id, reason)
-            else:
-                await self.db(self.store.vm_error, work.vm.id, reason)
-
-    def _spawn(self, vm_name: str, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+    def _spawn(self, vm_name: str, work: Any, start: Callable[[], Awaitable[None]]) -> None:
+        """Run an operation as a task of its own. The coroutine is created inside the task, so an
+        operation cancelled before it began leaves nothing un-awaited behind."""
+        task = asyncio.create_task(self._guarded(work, start))
         self.inflight[vm_name] = task
 
         def done(finished: asyncio.Task) -> None:
             if self.inflight.get(vm_name) is finished:
                 del self.inflight[vm_name]
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("operation on %s failed", vm_name, exc_info=finished.exception())
             self._wake.set()
 
         task.add_done_callback(done)
 
+    async def _guarded(self, work: Any, start: Callable[[], Awaitable[None]]) -> None:
+        """An operation that dies of an unexpected error must not leave its VM busy for ever: the
+        error is recorded like any infrastructure error (the task requeued, the VM's count raised).
+        A lost lease or a database outage is not the VM's: the engine stops or pauses instead."""
+        try:
+            await start()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a bug or an unmapped error; recorded, not hidden
+            if isinstance(error, LeaseLost) or is_database_outage(error):
+                self._fail(error)
+                return
+            log.error(
+                "operation on %s failed unexpectedly: %s: %s", work.vm.name, type(error).__name__, error
+            )
+            log.debug("operation failure", exc_info=error)
+            reason = f"engine error: {type(error).__name__}: {error}"
+            try:
+                if isinstance(work, TaskWork):
+                    await self.db.write(self.outcomes.task_requeue, work.task_id, reason)
+                else:
+                    await self.db.write(self.outcomes.vm_error, work.vm.id, reason)
+            except Exception as second:  # noqa: BLE001 - the database or the lease: the loop decides
+                self._fail(second)
 
-def run_engine(settings: Settings, options: EngineOptions | None = None) -> None:
-    """`testlab engine`: run in the foreground until SIGTERM or SIGINT."""
 
-    async def main() -> None:
+def run_engine(settings: Settings, options: EngineOptions | None = None) -> int:
+    """`testlab engine`: run in the foreground until SIGTERM or SIGINT; returns the exit code."""
+
+    async def main() -> int:
         engine = Engine(settings, options)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, engine.stop)
-        await engine.run()
+        return await engine.run()
 
-    asyncio.run(main())
+    return asyncio.run(main())

@@ -15,12 +15,14 @@ class EngineOptions:
     agent_boot_timeout: float = 120.0  # seconds for the agent to answer after a revert
     agent_retry_deadline: float = 60.0  # how long a lost agent is retried before it counts as an error
     task_margin: float = 120.0  # engine-side deadline beyond a task's own timeout
+    transfer_timeout: float = 600.0  # all uploads of a task, and all its artifact downloads, each
     monitor_interval: float = 60.0  # first re-checks of an offline VM
     monitor_backoff: float = 1800.0  # re-checks after repeated failures
     monitor_timeout: float = 360.0
     poll_interval: float = 0.05  # how often the event history is polled for changes
     tick: float = 1.0  # re-plan at least this often (deadlines, monitor)
     lease_ttl: float = 15.0  # an engine that stops renewing its lease for this long is presumed dead
+    round_backoff_cap: float = 30.0  # longest wait before retrying after a planning round failed
 
     @staticmethod
     def from_env(environ: dict[str, str] | None = None) -> EngineOptions:

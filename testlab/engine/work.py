@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testlab.db.models import VM
 from testlab.scheduler.snapshot import Snapshot
 
 
@@ -20,6 +21,10 @@ class VMRef:
     snapshot: str
     agent_url: str | None  # configured agent (libvirt/command hosts); local hosts know their own
     boot_id: str | None
+
+
+def vm_ref(vm: VM, host_name: str) -> VMRef:
+    return VMRef(vm.id, vm.name, host_name, vm.domain, vm.snapshot, vm.agent_url, vm.boot_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +51,13 @@ class TaskWork:
     command: str
     env: dict[str, str]
     timeout: float
-    # (local file, path in the agent's work dir): the job's files and the artifacts of the step it depends on
-    uploads: tuple[tuple[Path, str], ...]
+    files_dir: Path  # the job's own files, uploaded by their path relative to it
+    files: tuple[str, ...]
+    artifact_dirs: tuple[Path, ...]  # artifacts of the step this one depends on, uploaded as they lie
     artifacts: tuple[str, ...]
     output_dir: Path  # log and artifacts of this task
     remote_dir: str  # the task's directory in the agent's work dir
-    deadline_seconds: float  # seconds from start the engine waits before it kills the command
+    deadline: float  # epoch seconds: the task's real start + its timeout + the engine's margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,7 @@ class View:
     """What one planning round reads from the database."""
 
     snapshot: Snapshot
+    vm_versions: dict[str, int] = field(default_factory=dict)  # the row versions the snapshot was taken at
     to_kill: list[KillWork] = field(default_factory=list)
     to_monitor: list[MonitorWork] = field(default_factory=list)
     expired: list[VMRef] = field(default_factory=list)  # operations past their deadline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from testlab.hypervisor.base import (
@@ -22,6 +23,7 @@ from testlab.hypervisor.faults import FaultPlan, FaultRule, FaultyBackend
 
 __all__ = [
     "AgentAddress",
+    "HostConfig",
     "Backend",
     "BACKEND_KINDS",
     "DomainMissing",
@@ -37,6 +39,7 @@ __all__ = [
     "OperationTimedOut",
     "SnapshotMissing",
     "open_backend",
+    "open_host",
 ]
 
 
@@ -82,3 +85,19 @@ def open_backend(kind: str, host: str, uri: str, options: Mapping[str, Any] | No
     plan = FaultPlan.from_dict(faults) if faults else None
     backend = factory(host, uri, opts)
     return FaultyBackend(backend, plan) if plan is not None else backend
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """What it takes to reach a host, as the lab file and the database describe it."""
+
+    name: str
+    backend: str
+    uri: str
+    commands: Mapping[str, str] = field(default_factory=dict)
+    agent_token_file: str | None = None
+
+
+def open_host(config: HostConfig) -> Backend:
+    """The one way a host's backend is built (the engine, the CLI and the demo all come here)."""
+    return open_backend(config.backend, config.name, config.uri, {"commands": dict(config.commands)})

@@ -23,6 +23,9 @@ class HostLimits:
     sleep_after_revert: float = 0.0  # seconds a reverted VM settles before it is idle
 
 
+LIMIT_FIELDS = tuple(HostLimits.__dataclass_fields__)  # as stored in the hosts table
+
+
 @dataclass(frozen=True, slots=True)
 class HostView:
     name: str

@@ -1,59 +1,118 @@
-"""Host operations that need the hypervisor backend: preparing local domains, power cycles."""
+"""Host operations that need the hypervisor backend: preparing local domains, power cycles, power off.
+
+Blocking backend calls run outside any database transaction (a power cycle may take minutes; SQLite's
+write lock must not wait for it), each with a deadline that does not hold the process at exit.
+"""
 
 from __future__ import annotations
-
-import concurrent.futures
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Host
-from testlab.domain.labfile import LabDef
+from testlab.db.session import run_transaction
+from testlab.domain.labfile import HostDef, LabDef
 from testlab.domain.statuses import VMStatus
+from testlab.hypervisor import HostConfig, open_host
 from testlab.hypervisor.base import Backend, OperationTimedOut
+from testlab.services.errors import UserError
 from testlab.services.transitions import record_event, set_vm_status
+from testlab.threads import call_with_deadline
 
 
-def backend_for(host: Host) -> Backend:
-    from testlab.hypervisor import open_backend
+def host_config(host: Host | HostDef) -> HostConfig:
+    """A host's connection settings, from its database row or its lab-file definition."""
+    return HostConfig(
+        name=host.name,
+        backend=host.backend,
+        uri=host.uri,
+        commands=dict(host.commands or {}),
+        agent_token_file=host.agent_token_file,
+    )
 
-    return open_backend(host.backend, host.name, host.uri, {"commands": dict(host.commands or {})})
+
+def backend_for(host: Host | HostDef) -> Backend:
+    return open_host(host_config(host))
 
 
 def prepare_domains(lab: LabDef) -> None:
-    """Create missing local sandbox domains with their initial snapshot (other backends: nothing)."""
-    from testlab.hypervisor import open_backend
+    """Create missing local sandbox domains with their initial snapshot (other backends: nothing).
 
-    backends = {
-        h.name: open_backend(h.backend, h.name, h.uri, {"commands": dict(h.commands)})
-        for h in lab.hosts
-        if h.backend == "local"
-    }
+    Idempotent, and done before the lab's rows are written: a copy of a sandbox disk must not hold the
+    database's write lock."""
+    backends = {h.name: backend_for(h) for h in lab.hosts if h.backend == "local"}
     for vm in lab.vms:
         if vm.host in backends:
             backends[vm.host].ensure_domain(vm.domain, vm.snapshot)
 
 
-def _call_with_deadline(function, timeout: float, what: str):
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(function).result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
-        raise OperationTimedOut(f"{what} did not finish within {timeout:g}s") from None
-    finally:
-        pool.shutdown(wait=False)
+def _get_host(session: Session, name: str) -> Host:
+    host = session.scalars(select(Host).where(Host.name == name)).one_or_none()
+    if host is None:
+        raise UserError(f"host {name}: no such host")
+    return host
 
 
-def power_cycle(session: Session, host: Host, *, timeout: float, by: str) -> str:
+def power_cycle(url: str, name: str, *, timeout: float, by: str) -> str:
     """Power-cycle the host; VMs that were active are marked dirty so they are reverted before use.
     VMs running a task are left to the engine, which sees their agent vanish and requeues the task."""
-    record_event(session, "host", f"power cycle of {host.name} started by {by}", host_id=host.id)
-    session.commit()
-    _call_with_deadline(backend_for(host).power_cycle, timeout, f"power cycle of host {host.name}")
-    vms = session.scalars(select(VM).where(VM.host_id == host.id)).all()
-    marked = 0
-    for vm in vms:
-        if vm.status in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.OFF) and vm.operation is None:
-            marked += set_vm_status(session, vm, VMStatus.DIRTY, f"host {host.name} power-cycled")
-    record_event(session, "host", f"power cycle of {host.name} done", host_id=host.id)
-    return f"host {host.name} power-cycled; {marked} VM(s) marked dirty"
+
+    def started(session: Session) -> HostConfig:
+        host = _get_host(session, name)
+        record_event(session, "host", f"power cycle of {host.name} started by {by}", host_id=host.id)
+        return host_config(host)
+
+    config = run_transaction(url, started, actor=by)
+    try:
+        call_with_deadline(open_host(config).power_cycle, timeout, f"power cycle of host {name}")
+    except TimeoutError as error:
+        raise OperationTimedOut(str(error), host=name) from None
+
+    def done(session: Session) -> int:
+        host = _get_host(session, name)
+        marked = 0
+        for vm in session.scalars(select(VM).where(VM.host_id == host.id)):
+            if vm.status in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.OFF) and vm.operation is None:
+                marked += set_vm_status(session, vm, VMStatus.DIRTY, f"host {host.name} power-cycled")
+        record_event(session, "host", f"power cycle of {host.name} done", host_id=host.id)
+        return marked
+
+    marked = run_transaction(url, done, actor=by)
+    return f"host {name} power-cycled; {marked} VM(s) marked dirty"
+
+
+def power_off_vms(url: str, names: list[str] | None, *, by: str, timeout: float = 120.0) -> list[str]:
+    """Power VMs off (every VM when `names` is None) and record them `off`, for when no engine runs
+    (sandbox agents outlive the engine by design). VMs offline or in maintenance keep their status."""
+
+    def selected(session: Session) -> list[tuple[str, str, HostConfig]]:
+        query = select(VM, Host).join(Host, VM.host_id == Host.id).order_by(VM.name)
+        if names is not None:
+            query = query.where(VM.name.in_(names))
+        rows = session.execute(query).all()
+        missing = sorted(set(names or ()) - {vm.name for vm, _ in rows})
+        if missing:
+            raise UserError(f"vm {missing[0]}: no such VM")
+        return [(vm.name, vm.domain, host_config(host)) for vm, host in rows]
+
+    vms = run_transaction(url, selected, readonly=True)
+    domains: dict[tuple[str, str], HostConfig] = {(c.name, d): c for _, d, c in vms}
+    for (host, domain), config in domains.items():
+        try:
+            call_with_deadline(
+                lambda c=config, d=domain: open_host(c).power_off(d), timeout, f"power off of {domain}"
+            )
+        except TimeoutError as error:
+            raise OperationTimedOut(str(error), host=host, domain=domain) from None
+
+    def record(session: Session) -> list[str]:
+        done = []
+        for vm in session.scalars(select(VM).where(VM.name.in_([name for name, _, _ in vms]))):
+            vm.boot_id = None
+            vm.operation = vm.operation_started = vm.operation_deadline = None
+            if vm.status not in (VMStatus.OFFLINE, VMStatus.MAINTENANCE):
+                set_vm_status(session, vm, VMStatus.OFF, f"powered off by {by}")
+            done.append(vm.name)
+        return done
+
+    return run_transaction(url, record, actor=by)

@@ -10,10 +10,8 @@ from sqlalchemy.orm import Session
 from testlab.db.models import VM, Host
 from testlab.domain.labfile import HostDef, LabDef, VMDef
 from testlab.domain.statuses import VMRole
-from testlab.scheduler.snapshot import HostLimits
+from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits
 from testlab.services.transitions import record_event
-
-LIMIT_FIELDS = tuple(HostLimits.__dataclass_fields__)
 
 
 @dataclass

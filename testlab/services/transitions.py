@@ -1,7 +1,8 @@
 """The one place where VM, task, step and job statuses change; each change is recorded as an event.
 
 The event history is what the activity page, the statistics and the engine's own tests read, so no
-code may assign `.status` anywhere else.
+code may assign `.status` anywhere else. Each change is a conditional write: the rows carry a version
+(testlab/db/session.py), so a change based on a stale read is refused at the commit, never lost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def record_event(
         old_status=old,
         new_status=new,
         reason=reason,
+        actor=session.info.get("actor"),
     )
     session.add(event)
     return event

@@ -59,9 +59,9 @@ def make_lab(
     lab = parse_lab_text("\n".join(lines) + "\n", "test lab", root)
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+    prepare_domains(lab)
     with session_scope(settings.database_url) as session:
         apply_lab(session, lab)
-        prepare_domains(lab)
 
 
 def submit(

@@ -1,0 +1,187 @@
+"""Recording the plan's actions before they are carried out.
+
+A VM becomes `reverting` before the revert is called; a task becomes `running`, with the command id it
+will have on the agent, before the command is started. An action is only recorded if the rows it was
+planned from are unchanged: the VM's version must still be the one the snapshot was read at (an
+administrator's change in between, or an earlier action of the same plan, drops it; the next round
+re-plans), and a task must still be queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from testlab.config import Settings
+from testlab.db.models import VM, Blocked, Host, Job, Step, Task, utcnow
+from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.engine.options import EngineOptions
+from testlab.engine.work import PowerOffWork, RevertWork, TaskWork, View, vm_ref
+from testlab.scheduler.snapshot import Plan, PowerOff, Revert, StartTask
+from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
+
+Work = RevertWork | PowerOffWork | TaskWork
+
+
+def record_plan(
+    session: Session, plan: Plan, view: View, settings: Settings, options: EngineOptions
+) -> list[Work]:
+    now = utcnow()
+    names = {a.vm for a in plan.actions} | {
+        a.displace for a in plan.actions if isinstance(a, Revert) and a.displace
+    }
+    vms = {vm.name: vm for vm in session.scalars(select(VM).where(VM.name.in_(names)))}
+    hosts = {
+        h.id: h for h in session.scalars(select(Host).where(Host.id.in_({v.host_id for v in vms.values()})))
+    }
+
+    def unchanged(name: str | None) -> VM | None:
+        vm = vms.get(name or "")
+        if vm is None or vm.version != view.vm_versions.get(vm.name) or vm.operation is not None:
+            return None
+        return vm
+
+    work: list[Work] = []
+    for action in plan.actions:
+        vm = unchanged(action.vm)
+        if vm is None:
+            continue
+        host = hosts[vm.host_id]
+        if isinstance(action, Revert):
+            owner = unchanged(action.displace) if action.displace else None
+            if action.displace and owner is None:
+                continue
+            work += _revert(session, vm, host, owner, action, now, options)
+        elif isinstance(action, PowerOff):
+            work += _power_off(session, vm, host, action, now, options)
+        elif isinstance(action, StartTask):
+            work += _start_task(session, vm, host, action.task_id, now, settings, options)
+    return work
+
+
+def _set_operation(vm: VM, operation: str, seconds: float, now: datetime) -> None:
+    vm.operation = operation
+    vm.operation_started = now
+    vm.operation_deadline = now + timedelta(seconds=seconds)
+
+
+def _revert(
+    session: Session,
+    vm: VM,
+    host: Host,
+    owner: VM | None,
+    action: Revert,
+    now: datetime,
+    options: EngineOptions,
+) -> list[Work]:
+    if vm.status not in (VMStatus.OFF, VMStatus.DIRTY, VMStatus.IDLE, VMStatus.SLEEPING):
+        return []
+    if owner is not None:
+        if owner.status not in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.DIRTY):
+            return []
+        set_vm_status(session, owner, VMStatus.OFF, f"domain {owner.domain} taken over by {vm.name}", now=now)
+    set_vm_status(session, vm, VMStatus.REVERTING, f"revert to {vm.snapshot} ({action.reason})", now=now)
+    _set_operation(vm, "revert", options.revert_timeout + host.sleep_after_revert, now)
+    return [RevertWork(vm_ref(vm, host.name), host.sleep_after_revert, options.revert_timeout)]
+
+
+def _power_off(
+    session: Session, vm: VM, host: Host, action: PowerOff, now: datetime, options: EngineOptions
+) -> list[Work]:
+    if vm.status not in (VMStatus.DIRTY, VMStatus.IDLE, VMStatus.SLEEPING):
+        return []
+    if vm.status != VMStatus.DIRTY:
+        set_vm_status(session, vm, VMStatus.DIRTY, f"powering off ({action.reason})", now=now)
+    else:
+        record_event(session, "vm", f"powering off ({action.reason})", vm=vm, now=now)
+    _set_operation(vm, "poweroff", options.poweroff_timeout, now)
+    return [PowerOffWork(vm_ref(vm, host.name), options.poweroff_timeout)]
+
+
+def _start_task(
+    session: Session,
+    vm: VM,
+    host: Host,
+    task_id: int,
+    now: datetime,
+    settings: Settings,
+    options: EngineOptions,
+) -> list[Work]:
+    task = session.get(Task, task_id)
+    if task is None or task.status != TaskStatus.QUEUED or vm.status != VMStatus.IDLE:
+        return []
+    if vm.maintenance_requested or task.vm_id != vm.id:
+        return []
+    job = session.get(Job, task.job_id)
+    if job.cancel_requested:
+        return []
+    task.tries += 1
+    task.command_id = f"task-{task.id}-try-{task.tries}"
+    task.agent_url = vm.agent_url
+    task.boot_id = vm.boot_id
+    task.exit_code = task.failures = None
+    task.detail = ""
+    set_task_status(session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", now=now)
+    set_vm_status(
+        session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now
+    )
+    _set_operation(vm, "task", task.timeout + options.task_margin, now)
+    roll_up_job(session, job, now=now)
+    return [describe_task(session, task, vm, host.name, settings, options)]
+
+
+def describe_task(
+    session: Session, task: Task, vm: VM, host_name: str, settings: Settings, options: EngineOptions
+) -> TaskWork:
+    """Everything an operation needs to run (or re-attach to) a task, as plain data."""
+    job = session.get(Job, task.job_id)
+    step = session.get(Step, task.step_id)
+    job_dir = settings.job_dir(job.id)
+    artifact_dirs: tuple = ()
+    if step.depends_on_id is not None:
+        dependencies = session.scalars(
+            select(Task.id).where(Task.step_id == step.depends_on_id).order_by(Task.id)
+        )
+        artifact_dirs = tuple(job_dir / "tasks" / str(t) / "artifacts" for t in dependencies)
+    started = (task.started or utcnow()).replace(tzinfo=UTC).timestamp()
+    return TaskWork(
+        task_id=task.id,
+        job_id=job.id,
+        vm=vm_ref(vm, host_name),
+        command_id=task.command_id or "",
+        agent_url=task.agent_url,
+        boot_id=task.boot_id,
+        command=step.command,
+        env={
+            **step.env,
+            "TESTLAB_JOB": str(job.id),
+            "TESTLAB_STEP": step.name,
+            "TESTLAB_TASK": str(task.id),
+            "TESTLAB_VM": vm.name,
+            "TESTLAB_TRY": str(task.tries),
+        },
+        timeout=task.timeout,
+        files_dir=job_dir / "files",
+        files=tuple(step.files),
+        artifact_dirs=artifact_dirs,
+        artifacts=tuple(step.artifacts),
+        output_dir=job_dir / "tasks" / str(task.id),
+        remote_dir=f"task-{task.id}",
+        deadline=started + task.timeout + options.task_margin,
+    )
+
+
+def record_blocked(session: Session, blocked: Mapping[str, str]) -> None:
+    """Store the scheduler's blocked reasons (called when they changed); a reason that stays keeps its
+    `since`, so people see how long work has waited for it."""
+    wanted = {f"vm {vm}": reason for vm, reason in blocked.items()}
+    stored = dict(session.execute(select(Blocked.subject, Blocked.reason)).all())
+    stale = [subject for subject, reason in stored.items() if wanted.get(subject) != reason]
+    if stale:
+        session.execute(delete(Blocked).where(Blocked.subject.in_(stale)))
+    new = [{"subject": s, "reason": r, "since": utcnow()} for s, r in wanted.items() if stored.get(s) != r]
+    if new:
+        session.execute(insert(Blocked), new)

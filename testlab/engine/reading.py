@@ -1,0 +1,148 @@
+"""What one planning round reads from the database, in one read-only transaction: the scheduler's
+snapshot (hosts, VMs, queued tasks), the row versions it was taken at, and the other work the round
+starts (kills, monitor checks, operations past their deadline)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
+
+from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
+from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
+from testlab.engine.options import EngineOptions
+from testlab.engine.work import KillWork, MonitorWork, View, vm_ref
+from testlab.hypervisor import HostConfig
+from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits, HostView, Snapshot, TaskView, VMView
+from testlab.services.hosts import host_config
+
+DEMAND_WINDOW = timedelta(days=1)
+
+
+def last_event_id(session: Session) -> int:
+    return session.scalar(select(func.max(Event.id))) or 0
+
+
+def host_configs(session: Session) -> list[HostConfig]:
+    return [host_config(h) for h in session.scalars(select(Host).where(Host.retired.is_(False)))]
+
+
+def read_round(session: Session, options: EngineOptions, inflight: frozenset[str], now: float) -> View:
+    hosts = session.scalars(select(Host).where(Host.retired.is_(False))).all()
+    host_names = {h.id: h.name for h in hosts}
+    since = utcnow() - DEMAND_WINDOW
+    demand = dict(
+        session.execute(select(Task.vm_id, func.count()).where(Task.ended > since).group_by(Task.vm_id)).all()
+    )
+    vms = [
+        vm for vm in session.scalars(select(VM).where(VM.role != VMRole.DELETED)) if vm.host_id in host_names
+    ]
+    snapshot = Snapshot(
+        now=now,
+        hosts={
+            h.name: HostView(
+                name=h.name,
+                limits=HostLimits(**{f: getattr(h, f) for f in LIMIT_FIELDS}),
+                up=h.status == HostStatus.UP,
+            )
+            for h in hosts
+        },
+        vms={
+            vm.name: VMView(
+                name=vm.name,
+                host=host_names[vm.host_id],
+                domain=vm.domain,
+                status=vm.status,
+                role=vm.role,
+                busy=vm.operation is not None or vm.name in inflight,
+                maintenance_requested=vm.maintenance_requested,
+                recent_demand=demand.get(vm.id, 0),
+            )
+            for vm in vms
+        },
+        tasks=_queued_tasks(session, {vm.id: vm.name for vm in vms}),
+    )
+    current = utcnow()
+    return View(
+        snapshot=snapshot,
+        vm_versions={vm.name: vm.version for vm in vms},
+        to_kill=_tasks_to_kill(session, host_names),
+        to_monitor=_vms_to_monitor(vms, host_names, inflight, options),
+        expired=[
+            vm_ref(vm, host_names[vm.host_id])
+            for vm in vms
+            if vm.operation_deadline is not None
+            and vm.operation_deadline < current
+            and vm.name not in inflight
+        ],
+    )
+
+
+def _queued_tasks(session: Session, vm_names: dict[int, str]) -> tuple[TaskView, ...]:
+    dependency = aliased(Step)
+    rows = session.execute(
+        select(Task.id, Task.vm_id, Job.id, Job.priority, Step.id, dependency.status)
+        .join(Step, Task.step_id == Step.id)
+        .join(Job, Task.job_id == Job.id)
+        .outerjoin(dependency, Step.depends_on_id == dependency.id)
+        .where(Task.status == TaskStatus.QUEUED, Job.cancel_requested.is_(False))
+        .order_by(Job.priority, Job.id, Step.number, Task.id)
+    ).all()
+    tasks = []
+    for task_id, vm_id, job_id, priority, step_id, dependency_status in rows:
+        if dependency_status is None or dependency_status == TaskStatus.COMPLETED:
+            stage = 0
+        elif dependency_status == TaskStatus.RUNNING:
+            stage = 1
+        else:
+            continue
+        if vm_id in vm_names:
+            tasks.append(TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage))
+    return tuple(tasks)
+
+
+def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWork]:
+    rows = session.execute(
+        select(Task, VM, Job.cancel_requested)
+        .join(VM, Task.vm_id == VM.id)
+        .join(Job, Task.job_id == Job.id)
+        .where(
+            Task.status == TaskStatus.RUNNING,
+            (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)),
+        )
+    ).all()
+    return [
+        KillWork(
+            task.id,
+            vm_ref(vm, host_names.get(vm.host_id, "")),
+            task.command_id or "",
+            task.agent_url,
+            "job canceled" if canceled else "maintenance with abort",
+        )
+        for task, vm, canceled in rows
+        if task.command_id
+    ]
+
+
+def _vms_to_monitor(
+    vms: list[VM], host_names: dict[int, str], inflight: frozenset[str], options: EngineOptions
+) -> list[MonitorWork]:
+    now = utcnow()
+    in_use = {
+        (vm.host_id, vm.domain)
+        for vm in vms
+        if vm.status not in (VMStatus.OFF, VMStatus.OFFLINE)
+        or vm.operation is not None
+        or vm.name in inflight
+    }
+    return [
+        MonitorWork(vm_ref(vm, host_names[vm.host_id]), options.monitor_timeout)
+        for vm in vms
+        if vm.status == VMStatus.OFFLINE
+        and vm.role in VMRole.ENABLED
+        and vm.operation is None
+        and vm.name not in inflight
+        and (vm.next_check is None or vm.next_check <= now)
+        and (vm.host_id, vm.domain) not in in_use
+    ]
