@@ -79,7 +79,7 @@ def job_show(job_id: int, as_json: bool) -> None:
                 styled(task["status"]),
                 task["tries"],
                 task["exit_code"],
-                task["detail"],
+                f"blocked: {task['blocked']}" if task["blocked"] else task["detail"],
             )
             for step in view["steps"]
             for task in step["tasks"]

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import VM, Host, Job, Step, Task
+from testlab.db.models import VM, Blocked, Host, Job, Step, Task
 
 
 def _time(value: datetime | None) -> str | None:
@@ -92,6 +92,18 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
     for task in tasks:
         by_step.setdefault(task.step_id, []).append(task)
     names = {s.id: s.name for s in steps}
+    waiting = {t.vm_id for t in tasks if t.status == "queued"}
+    blocked = (
+        dict(
+            session.execute(
+                select(Blocked.subject, Blocked.reason).where(
+                    Blocked.subject.in_([f"vm {vm_names.get(vm_id)}" for vm_id in waiting])
+                )
+            ).all()
+        )
+        if waiting
+        else {}
+    )
     view = job_summary(job)
     view["cancel_requested"] = job.cancel_requested
     view["steps"] = [
@@ -114,6 +126,8 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
                     "exit_code": t.exit_code,
                     "failures": t.failures,
                     "detail": t.detail,
+                    # Why a queued task cannot run as things stand (the engine's scheduler says).
+                    "blocked": blocked.get(f"vm {vm_names.get(t.vm_id)}") if t.status == "queued" else None,
                     "started": _time(t.started),
                     "ended": _time(t.ended),
                 }
