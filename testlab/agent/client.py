@@ -474,14 +474,15 @@ class AgentClient:
         data, _, _ = await self._output(command_id, offset, limit, 0.0)
         return data
 
-    async def kill(self, command_id: str) -> CommandState:
-        """Kills the command's whole process group; returns its final state once the agent has it."""
+    async def kill(self, command_id: str, *, wait: float = KILL_WAIT) -> CommandState:
+        """Kills the command's whole process group; returns its state once it ended, or after `wait`
+        seconds (the command may then still be running)."""
         data = await self._json(
             "POST",
             self._cmd_path(command_id, "/kill"),
             f"kill of {command_id}",
-            params={"wait": str(KILL_WAIT)},
-            timeout=self._timeout(KILL_WAIT),
+            params={"wait": str(wait)},
+            timeout=self._timeout(wait),
         )
         return _state(data)
 

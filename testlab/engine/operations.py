@@ -31,6 +31,8 @@ from testlab.hypervisor.base import HypervisorError
 
 log = logging.getLogger("testlab.engine")
 
+DEADLINE_KILL_WAIT = 2.0  # seconds the agent gets to end a command killed at the engine's deadline
+
 
 class TransferTimedOut(Exception):
     """Uploads or artifact downloads overran their overall deadline."""
@@ -169,7 +171,7 @@ class Operations:
                 # engine does, and the result is a timeout whatever the agent reports.
                 log.warning("task %s overran the engine's deadline: killing it", work.task_id)
                 await self.fence()
-                state = await agent.kill(work.command_id)
+                state = await agent.kill(work.command_id, wait=DEADLINE_KILL_WAIT)
                 if state.state == "exited":
                     return state
                 return dataclasses.replace(state, state="timeout")
