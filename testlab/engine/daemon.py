@@ -34,6 +34,7 @@ from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
 from testlab.engine.work import KillWork, PowerOffWork, RevertWork, TaskWork
 from testlab.scheduler import plan
+from testlab.services.jobs import recover_staged_jobs
 from testlab.threads import DaemonThreadPool
 
 log = logging.getLogger("testlab.engine")
@@ -129,6 +130,8 @@ class Engine:
     async def _serve(self, why: str, until: Callable[[], bool] | None) -> None:
         """Reconcile, then plan round after round until stopped."""
         try:
+            for line in await self.db.read(recover_staged_jobs, self.settings):
+                log.warning("interrupted submission: %s", line)
             self.connections.configure(await self.db.read(reading.host_configs))
             for work in await reconcile(self.db, self.outcomes, self.connections, why=why):
                 self._spawn(work.vm.name, work, lambda w=work: self.operations.run_task(w, attach=True))
