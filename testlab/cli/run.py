@@ -27,6 +27,7 @@ def engine(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per agent request drowns the rest
     try:
         code = run_engine(settings())
     except LeaseHeld as error:

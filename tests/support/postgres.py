@@ -60,6 +60,10 @@ class PostgresServer:
             "-E",
             "UTF8",
         )
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
@@ -77,7 +81,14 @@ class PostgresServer:
             "60",
             "start",
         )
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (an outage: clients lose their connections), keeping its data."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server again after `pause`, on the same port with the same data."""
+        self._pg_ctl_start()
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
