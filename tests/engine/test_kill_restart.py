@@ -1,20 +1,25 @@
-"""Kill the engine with SIGKILL at random moments, dozens of times, during one workload, and restart it.
+"""Kill the engine with SIGKILL at random moments, dozens of times, during one workload, and restart it,
+while an administrator keeps putting VMs in maintenance and back.
 
-Promises checked (mission.md, "Restart without harm"): every job still ends in its right status; no
+Promises checked (docs/engine.md, "Restart without harm"): every job still ends in its right status; no
 command that was started is ever started twice (each command leaves one mark outside its VM when it
 starts); no domain is used by two VMs at once and no host limit is exceeded (replayed from the event
-history).
+history); no administrator's change is lost (each event starts from the status the one before left).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections import Counter
 
 import pytest
 
+from testlab.db.session import Conflict, run_transaction
+from testlab.services import vms as vm_service
+from testlab.services.errors import UserError
 from tests.engine.harness import (
     EngineProcess,
     check_history,
@@ -24,6 +29,7 @@ from tests.engine.harness import (
     task_rows,
     wait_for_jobs,
 )
+from tests.engine.test_concurrent_writers import replay
 
 pytestmark = pytest.mark.slow
 
@@ -88,14 +94,44 @@ def test_engine_survives_sigkill_at_random_moments(settings, tmp_path):
         )
         expected[job_id] = "failed" if build_exit else "completed"
 
+    stop = threading.Event()
+    changes: list[str] = []
+
+    def administrator() -> None:
+        """Maintenance on and off on two VMs (never --abort: an aborted command is started again)."""
+        admin_rng = random.Random(3)
+        while not stop.is_set():
+            vm = admin_rng.choice(["h2b", "h3a"])
+            change = admin_rng.choice([vm_service.request_maintenance, vm_service.end_maintenance])
+            try:
+                changes.append(
+                    run_transaction(
+                        settings.database_url, lambda s, c=change, v=vm: c(s, vm_service.get_vm(s, v))
+                    )
+                )
+            except (UserError, Conflict) as refused:
+                changes.append(f"refused: {refused}")
+            time.sleep(admin_rng.uniform(0.1, 0.6))
+
+    admin = threading.Thread(target=administrator)
+    admin.start()
     log = settings.home / "engine.log"
     kills = 0
-    while kills < KILLS and any(s not in ("completed", "failed") for s in job_statuses(settings).values()):
-        engine = EngineProcess(settings, log=log).start()
-        time.sleep(rng.uniform(0.3, 2.0))
-        assert engine.alive(), log.read_text()[-3000:]
-        engine.kill()
-        kills += 1
+    try:
+        while kills < KILLS and any(
+            s not in ("completed", "failed") for s in job_statuses(settings).values()
+        ):
+            engine = EngineProcess(settings, log=log).start()
+            time.sleep(rng.uniform(0.3, 2.0))
+            assert engine.alive(), log.read_text()[-3000:]
+            engine.kill()
+            kills += 1
+    finally:
+        stop.set()
+        admin.join()
+    for vm in ("h2b", "h3a"):
+        run_transaction(settings.database_url, lambda s, vm=vm: _back_in_service(s, vm))
+    assert any("maintenance" in change and "refused" not in change for change in changes), changes
     engine = EngineProcess(settings, log=log).start()
     try:
         statuses = wait_for_jobs(settings, list(expected), 240, engine)
@@ -113,4 +149,11 @@ def test_engine_survives_sigkill_at_random_moments(settings, tmp_path):
             else:
                 assert task["status"] == "skipped" and started[task["id"]] == 0
     check_history(settings)
+    replay(settings)
     assert kills == KILLS, f"the workload ended after {kills} kills: make it longer"
+
+
+def _back_in_service(session, name: str) -> None:
+    vm = vm_service.get_vm(session, name)
+    if vm.status == "maintenance" or vm.maintenance_requested:
+        vm_service.end_maintenance(session, vm)

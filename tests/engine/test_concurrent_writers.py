@@ -1,0 +1,151 @@
+"""Administrators' commands race the engine's writes and lose nothing: every change is either applied
+on the rows as they are or refused; the event history and the final rows tell the same story."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from sqlalchemy import select
+
+from testlab.db.models import VM, Event, Job, Task
+from testlab.db.session import Conflict, run_transaction, session_scope
+from testlab.domain.statuses import TaskStatus, VMStatus
+from tests.engine.harness import check_history, make_lab, submit, wait_for, wait_for_jobs
+
+pytestmark = pytest.mark.slow
+
+JOB = "name: {name}\nsteps:\n  - {{name: s, vms: [{vms}], run: 'sleep {seconds}'}}\n"
+VMS = ["a1", "a2", "b1", "b2"]
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "testlab", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def replay(settings) -> None:
+    """Each row's status is the last status its events gave it, and each event starts from the status
+    the one before left: a write based on a stale read would break one of the two."""
+    with session_scope(settings.database_url, readonly=True) as session:
+        for kind, model, key in (("vm", VM, Event.vm_id), ("task", Task, Event.task_id)):
+            rows = {row.id: row.status for row in session.scalars(select(model))}
+            last: dict[int, str] = {}
+            for row_id, old, new, reason in session.execute(
+                select(key, Event.old_status, Event.new_status, Event.reason)
+                .where(Event.kind == kind, Event.new_status.is_not(None))
+                .order_by(Event.id)
+            ):
+                start = last.get(row_id, VMStatus.OFF if kind == "vm" else TaskStatus.QUEUED)
+                assert old == start, f"{kind} {row_id}: event '{reason}' starts from {old}, was {start}"
+                last[row_id] = new
+            for row_id, status in rows.items():
+                assert last.get(row_id, status) == status, (
+                    f"{kind} {row_id} is {status}, its events say {last}"
+                )
+
+
+def test_cli_writers_racing_the_engine_lose_no_change(settings, tmp_path, engine_process, subprocess_env):
+    make_lab(
+        settings,
+        tmp_path / "vms",
+        {"h1": ["a1", "a2"], "h2": ["b1", "b2"]},
+        limits="max_active: 2, max_running: 2, max_reverting: 2, max_reverts_while_running: 2",
+    )
+    rng = random.Random(11)
+    jobs = [
+        submit(
+            settings,
+            tmp_path,
+            f"j{n}",
+            JOB.format(name=f"j{n}", vms=", ".join(rng.sample(VMS, 2)), seconds=rng.choice([0.2, 0.5, 1])),
+        )
+        for n in range(12)
+    ]
+    engine = engine_process()
+    wait_for(lambda: any(s != "queued" for s in _statuses(settings, jobs).values()), 30, what="work started")
+    stop = threading.Event()
+    outcomes: dict[str, list[int]] = defaultdict(list)
+
+    def administrator(vm: str) -> None:
+        while not stop.is_set():
+            for change in ("--maintenance", "--no-maintenance"):
+                outcomes[f"maintenance {vm}"].append(cli(subprocess_env, "vm", "set", vm, change).returncode)
+                time.sleep(rng.uniform(0.05, 0.4))
+
+    def hammer(vm: str) -> None:
+        """The CLI's own code path in-process, as fast as it goes: many more races per second."""
+        from testlab.services import vms as vm_service
+        from testlab.services.errors import UserError
+
+        while not stop.is_set():
+            for change in (vm_service.request_maintenance, vm_service.end_maintenance):
+                try:
+                    run_transaction(settings.database_url, lambda s, c=change: c(s, vm_service.get_vm(s, vm)))
+                    outcomes[f"hammer {vm}"].append(0)
+                except (UserError, Conflict):
+                    outcomes[f"hammer {vm}"].append(1)
+                time.sleep(rng.uniform(0, 0.02))
+
+    def canceller() -> None:
+        for job_id in jobs[1::3]:
+            if stop.is_set():
+                return
+            outcomes["cancel"].append(cli(subprocess_env, "job", "cancel", str(job_id)).returncode)
+            time.sleep(0.7)
+
+    def submitter() -> None:
+        (tmp_path / "more.yaml").write_text(JOB.format(name="more", vms="a2, b2", seconds=0.2))
+        while not stop.is_set():
+            result = cli(subprocess_env, "job", "submit", str(tmp_path / "more.yaml"))
+            outcomes["submit"].append(result.returncode)
+            if result.returncode == 0:
+                jobs.append(int(result.stdout))
+            time.sleep(0.3)
+
+    writers = [threading.Thread(target=administrator, args=(vm,)) for vm in ("a1", "b1")]
+    writers += [threading.Thread(target=hammer, args=(vm,)) for vm in ("a2", "b2")]
+    writers += [threading.Thread(target=canceller), threading.Thread(target=submitter)]
+    for writer in writers:
+        writer.start()
+    time.sleep(20)
+    stop.set()
+    for writer in writers:
+        writer.join(timeout=120)
+    for vm in VMS:  # out of maintenance for good, whatever the last command left
+        cli(subprocess_env, "vm", "set", vm, "--no-maintenance")
+    wait_for(
+        lambda: VMStatus.MAINTENANCE not in _vm_statuses(settings).values(),
+        30,
+        what="every VM back in service",
+    )
+    statuses = wait_for_jobs(settings, jobs, 180, engine)
+
+    assert all(code in (0, 1) for codes in outcomes.values() for code in codes), dict(outcomes)
+    assert outcomes["submit"] and set(outcomes["submit"]) == {0}, "every submission succeeds"
+    assert 0 in outcomes["maintenance a1"] and 0 in outcomes["maintenance b1"]
+    assert all(s in TaskStatus.FINAL for s in statuses.values())
+    with session_scope(settings.database_url, readonly=True) as session:
+        requested = set(
+            session.scalars(select(Event.job_id).where(Event.reason.like("job % cancel requested")))
+        )
+    for job_id in requested:
+        assert statuses[job_id] in ("canceled", "completed"), f"job {job_id} canceled, yet {statuses[job_id]}"
+    replay(settings)
+    check_history(settings)
+
+
+def _statuses(settings, jobs: list[int]) -> dict[int, str]:
+    with session_scope(settings.database_url, readonly=True) as session:
+        return dict(session.execute(select(Job.id, Job.status).where(Job.id.in_(jobs))).all())
+
+
+def _vm_statuses(settings) -> dict[str, str]:
+    with session_scope(settings.database_url, readonly=True) as session:
+        return dict(session.execute(select(VM.name, VM.status)).all())
