@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test harn
 from testlab.config import Settings
 from testlab.db.models import VM, Event, Job, Step, Task, utcnow
 from testlab.db.session import session_scope
+from testlab.engine import reading
 from testlab.engine.connections import Connections
 from testlab.engine.daemon import Engine
+from testlab.engine.database import EngineDatabase
 from testlab.engine.options import EngineOptions
+from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
-from testlab.engine.store import Store
 from testlab.scheduler import plan
 from tests.engine.harness import make_lab, power_off_lab, submit
 
@@ -178,20 +180,19 @@ def reconciliation(root: Path, jobs: int = 10_000) -> tuple[float, float, float]
 
     async def main() -> tuple[float, float, float]:
         options = EngineOptions()
-        engine = Engine(settings, options)
-        store, connections = Store(settings, options), Connections(options)
-        connections.configure(await engine.db(store.hosts))
+        database, connections = EngineDatabase(settings.database_url), Connections(options)
+        connections.configure(await database.read(reading.host_configs))
         started = time.perf_counter()
-        await reconcile(store, connections, engine.db)
+        await reconcile(database, Outcomes(settings, options), connections)
         reconciled = time.perf_counter() - started
         started = time.perf_counter()
-        view = await engine.db(store.load, frozenset(), time.time())
+        view = await database.read(reading.read_round, options, frozenset(), time.time())
         loaded = time.perf_counter() - started
         started = time.perf_counter()
         plan(view.snapshot)
         planned = time.perf_counter() - started
         await connections.aclose()
-        engine._db_thread.shutdown()
+        database.close()
         return reconciled, loaded, planned
 
     return asyncio.run(main())
