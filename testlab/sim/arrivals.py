@@ -10,7 +10,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from testlab.domain.durations import parse_duration
+from testlab.domain.durations import format_duration, parse_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.yamlsource import MapReader, describe
 
@@ -57,9 +57,9 @@ class Arrivals:
 
     def describe(self) -> str:
         if self.kind == "rate":
-            return f"{self.rate * 3600:g}/h"
+            return f"{self.rate * 3600:.3g}/h"
         if self.kind == "every":
-            return f"every {self.every:g}s"
+            return f"every {format_duration(round(self.every))}"
         return f"{len(self.at)} given times"
 
 
