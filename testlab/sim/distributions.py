@@ -67,8 +67,11 @@ class Distribution:
 
 
 def _round(seconds: float) -> float:
-    """Printed durations keep a tenth of a second: enough for any lab, and short to read."""
-    return round(seconds, 1) if seconds < 600 else float(round(seconds))
+    """Printed durations keep three significant digits (whole seconds from ten minutes on): enough
+    for any lab, sandboxes that revert in a fraction of a second included, and short to read."""
+    if seconds >= 600:
+        return float(round(seconds))
+    return float(f"{seconds:.3g}")
 
 
 def constant(seconds: float) -> Distribution:
@@ -124,11 +127,7 @@ def parse_distribution(value: Any, source: str, line: int, field: str) -> Distri
 def _parse_mapping(reader: MapReader, extra: tuple[str, ...] = ()) -> Distribution:
     keys = set(reader.data) - set(extra)
     if keys <= {"mean", "sd"} and "mean" in keys:
-        mean = reader.duration("mean", 0.0)
-        sd = reader.duration("sd", 0.0)
-        if mean <= 0:
-            raise reader.error("mean", "must be more than 0")
-        return lognormal(mean, sd)
+        return lognormal(reader.duration("mean", 0.0), reader.duration("sd", 0.0))
     if keys == {"min", "max"}:
         low = reader.duration("min", 0.0)
         high = reader.duration("max", 0.0)

@@ -31,6 +31,8 @@ from testlab.sim.distributions import fit
 _RAN = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.TIMEOUT)
 _OWN_VM_MIN_SAMPLES = 3
 _OWN_VM_DIFFERENCE = 0.2  # a VM gets its own revert time when its mean differs this much
+_REACTION_MAX = 2.0  # seconds: longer gaps between two operations are waits for capacity
+_REACTION_MIN_SAMPLES = 3
 
 
 def export_workload(
@@ -86,6 +88,9 @@ def export_workload(
         workload["poweroff"] = fit(poweroffs).to_yaml()
     if per_vm:
         workload["vms"] = {vm: {"revert": fit(values).to_yaml()} for vm, values in sorted(per_vm.items())}
+    latency = _latency(session)
+    if latency is not None:
+        workload["engine"] = {"latency": format_duration(float(f"{latency:.2g}"))}
     workload["templates"] = templates
     path = output / "workload.yaml"
     text = yaml.safe_dump(workload, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True)
@@ -184,6 +189,24 @@ def _revert_times(session: Session) -> tuple[list[float], dict[str, list[float]]
         and abs(sum(values) / len(values) - mean) > _OWN_VM_DIFFERENCE * mean
     }
     return everything, own
+
+
+def _latency(session: Session) -> float | None:
+    """How long the engine takes to act on a change: the median gap between a VM becoming idle and
+    a task starting on it, or a task ending and the VM's next revert, counting only short gaps
+    (longer ones were waits for capacity, not the engine's reaction)."""
+    follows = {(VMStatus.IDLE, VMStatus.RUNNING), (VMStatus.DIRTY, VMStatus.REVERTING)}
+    gaps = []
+    for events in _vm_events(session).values():
+        for (before, _, entered), (time, old, new) in zip(events, events[1:], strict=False):
+            if entered == old and (old, new) in follows:
+                gap = (time - before).total_seconds()
+                if gap < _REACTION_MAX:
+                    gaps.append(gap)
+    if len(gaps) < _REACTION_MIN_SAMPLES:
+        return None
+    gaps.sort()
+    return gaps[len(gaps) // 2]
 
 
 def _poweroff_times(session: Session) -> list[float]:

@@ -38,9 +38,9 @@ QUEUED, RUNNING, COMPLETED, SKIPPED, BOTERROR = (
     TaskStatus.BOTERROR,
 )
 FINAL = TaskStatus.FINAL
-# Event kinds. Those up to HOST_UP move the lab forward; the fault processes recur for ever.
-REVERT_DONE, SETTLE_DONE, POWEROFF_DONE, TASK_DONE, VM_CHECK, HOST_UP, VM_BREAK, HOST_CRASH = range(8)
-_PROGRESS_KINDS = HOST_UP
+# Event kinds. Those up to PLAN move the lab forward; the fault processes recur for ever.
+REVERT_DONE, SETTLE_DONE, POWEROFF_DONE, TASK_DONE, VM_CHECK, HOST_UP, PLAN, VM_BREAK, HOST_CRASH = range(9)
+_PROGRESS_KINDS = PLAN
 MAX_ROUNDS = 20  # plans of one host at one instant when re-planning until nothing more is decided
 
 
@@ -103,6 +103,8 @@ class Simulation:
         self.progress = progress
         self.until = until
         self.engine = workload.engine
+        self.latency = workload.engine.latency
+        self.plan_pending = False
         self.faults = workload.faults
         self.clock = LabClock()
         self.hosts: dict[str, SimHost] = {}
@@ -150,8 +152,13 @@ class Simulation:
             event = heap[0][0] if heap else None
             nxt = event if arrival is None else arrival if event is None else min(arrival, event)
             if self.dirty and (nxt is None or nxt > self.now):
-                self._plan_dirty()
-                continue
+                if not self.latency:
+                    self._plan_dirty()
+                    continue
+                if not self.plan_pending:  # the engine acts on the changes a little later
+                    self.plan_pending = True
+                    self._push(self.latency, PLAN, None)
+                    continue
             if next_job >= n_jobs and (self.open_jobs == 0 or self.pending == 0):
                 break  # all done, or nothing left that could move the remaining jobs forward
             if nxt is None or (until is not None and nxt > until):
@@ -333,6 +340,9 @@ class Simulation:
             self._monitor(subject, token)
         elif kind == HOST_UP:
             self._host_up(subject)
+        elif kind == PLAN:
+            self.plan_pending = False
+            self._plan_dirty()
         elif kind == VM_BREAK:
             self._vm_breaks(subject)
         elif kind == HOST_CRASH:

@@ -24,7 +24,7 @@ _TOP_KEYS = ("seed", "duration", "revert", "poweroff", "vms", "faults", "engine"
 _TEMPLATE_KEYS = ("job", "name", "arrivals", "priority", "steps")
 _STEP_EXTRA = ("fail", "vms")
 _ENGINE_INTS = ("max_tries", "max_vm_errors")
-_ENGINE_DURATIONS = ("monitor_interval", "monitor_backoff")
+_ENGINE_DURATIONS = ("monitor_interval", "monitor_backoff", "latency")
 
 DEFAULT_POWEROFF = constant(10.0)
 
@@ -76,6 +76,9 @@ class EngineModel:
     max_vm_errors: int = 3
     monitor_interval: float = 60.0
     monitor_backoff: float = 1800.0
+    # How long the engine takes to act on a change (an operation ended, a job arrived): negligible
+    # next to real reverts and tasks, not next to sandboxes that revert in a fraction of a second.
+    latency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -264,7 +267,7 @@ def _parse_engine(top: MapReader) -> EngineModel:
     values: dict = {key: reader.integer(key, getattr(default, key), minimum=1) for key in _ENGINE_INTS}
     for key in _ENGINE_DURATIONS:
         values[key] = reader.duration(key, getattr(default, key))
-        if values[key] <= 0:
+        if values[key] <= 0 and key != "latency":
             raise reader.error(key, "must be more than 0")
     return EngineModel(**values)
 
