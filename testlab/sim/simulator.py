@@ -143,6 +143,7 @@ class Simulation:
     def run(self) -> SimResult:
         started = time.perf_counter()
         self._start_faults()
+        self.dirty.update(self.hosts)  # the engine plans for the whole lab when it starts
         jobs, n_jobs, next_job = self.jobs, len(self.jobs), 0
         heap = self.heap
         events = 0
