@@ -93,8 +93,9 @@ class Simulation:
     ) -> None:
         self.lab = lab
         # The engine plans again after recording a plan's actions. plan() accounts for its own
-        # actions, so that second plan decides nothing new; `settle=True` makes the simulator run
-        # it anyway (and keep planning until a plan is empty), which tests use to check that claim.
+        # actions, so the simulator plans again only where their consequences changed the queue
+        # (see _plan_rounds); `settle=True` makes it plan again after every non-empty plan, until
+        # one is empty, which tests use to check that nothing is missed.
         self.settle = settle
         self.workload = workload
         self.policy = policy
@@ -205,22 +206,31 @@ class Simulation:
         self._sample()
 
     def _plan_rounds(self, host: SimHost | None) -> None:
+        """Plan (the whole lab, or one host) until nothing changed that the plan did not foresee.
+
+        A plan accounts for its own reverts and power-offs, so those do not call for another plan.
+        What it does not see is how its actions change the queue: a started task leaves it (a host
+        whose queue empties starts keeping VMs ready) and makes its step run (the next step's tasks
+        become ones to prepare for). The engine, seeing its own changes in the event history,
+        plans again at once; here `_show`/`_hide` mark the hosts whose queue changed.
+        """
         for _ in range(MAX_ROUNDS):
+            if host is None:
+                self.dirty = set()
+            else:
+                self.dirty.discard(host.name)
             snapshot = self._snapshot(host)
             decided: Plan = self.plan_fn(snapshot)
             self.result.plan_calls += 1
             if not decided.actions:
                 break
             self._apply(decided)
-            if not self.settle:
+            if not self.settle and (not self.dirty if host is None else host.name not in self.dirty):
                 break
         if host is None:
             self.blocked = {"": decided.blocked}
-            self.dirty = set()
-        else:
-            if decided.blocked or host.name in self.blocked:
-                self.blocked[host.name] = decided.blocked
-            self.dirty.discard(host.name)
+        elif decided.blocked or host.name in self.blocked:
+            self.blocked[host.name] = decided.blocked
 
     def _snapshot(self, host: SimHost | None) -> Snapshot:
         now = self.now
@@ -273,7 +283,6 @@ class Simulation:
             run, outcome = draw_outcome(task.step.times, vm.name, task.step.timeout, self.rng[vm.name])
         vm.start_task(task, self.now)
         self._set_task(task, RUNNING)
-        self.dirty.add(vm.host.name)
         self._push(run, TASK_DONE, vm, vm.token, (task, outcome))
 
     def _revert(self, vm: SimVM, displace: SimVM | None) -> None:
@@ -288,14 +297,12 @@ class Simulation:
         rng = self.rng[vm.name]
         seconds = self.revert_time[vm.name].draw(rng)
         failed = self.faults.revert_failure > 0 and rng.random() < self.faults.revert_failure
-        self.dirty.add(vm.host.name)
         self._push(seconds, REVERT_DONE, vm, vm.token, failed)
 
     def _power_off(self, vm: SimVM) -> None:
         if vm.busy or vm.status not in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.DIRTY) or not vm.host.up:
             return
         self.result.wasted_reverts += vm.begin_poweroff(self.now)
-        self.dirty.add(vm.host.name)
         self._push(self.workload.poweroff.draw(self.rng[vm.name]), POWEROFF_DONE, vm, vm.token)
 
     # ------------------------------------------------------------------ events
