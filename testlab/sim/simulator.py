@@ -234,17 +234,16 @@ class Simulation:
 
     def _snapshot(self, host: SimHost | None) -> Snapshot:
         now = self.now
-        hosts = [host] if host is not None else list(self.hosts.values())
-        vms = {vm.name: vm.view(now) for h in hosts for vm in h.vms}
         if host is not None:
-            tasks = self._ordered(host.name)
-        else:
-            tasks = tuple(
-                sorted(
-                    (t for h in self.hosts for t in self.queue[h].values()),
-                    key=lambda t: (t.priority, t.job_id, t.step_id, t.id),
-                )
+            return Snapshot(now, {host.name: host.view()}, host.vm_views(now), self._ordered(host.name))
+        hosts = list(self.hosts.values())
+        vms = {name: view for h in hosts for name, view in h.vm_views(now).items()}
+        tasks = tuple(
+            sorted(
+                (t for h in self.hosts for t in self.queue[h].values()),
+                key=lambda t: (t.priority, t.job_id, t.step_id, t.id),
             )
+        )
         return Snapshot(now=now, hosts={h.name: h.view() for h in hosts}, vms=vms, tasks=tasks)
 
     def _ordered(self, host: str) -> tuple[TaskView, ...]:

@@ -10,6 +10,7 @@ in each status (for the report) consistent, and hands the scheduler a `VMView` o
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -43,13 +44,23 @@ class SimHost:
     limits: HostLimits
     vms: list[SimVM] = field(default_factory=list)
     up: bool = True
-    token: int = 0  # bumped by a crash: outcomes of operations begun before it are ignored
     _view: HostView | None = None
+    _vm_views: dict[str, VMView] | None = None
+    _views_expire: float = math.inf  # when a VM's recent demand next drops (its views change)
 
     def view(self) -> HostView:
         if self._view is None:
             self._view = HostView(name=self.name, limits=self.limits, up=self.up)
         return self._view
+
+    def vm_views(self, now: float) -> dict[str, VMView]:
+        """Its VMs as the scheduler sees them; rebuilt only when one of them changed."""
+        if self._vm_views is None or now >= self._views_expire:
+            self._vm_views = {vm.name: vm.view(now) for vm in self.vms}
+            self._views_expire = min(
+                (vm.ended[0] + DEMAND_WINDOW for vm in self.vms if vm.ended), default=math.inf
+            )
+        return self._vm_views
 
     def set_up(self, up: bool) -> None:
         self.up = up
@@ -108,6 +119,7 @@ class SimVM:
         self.busy = busy
         self.since = now
         self._view = None
+        self.host._vm_views = None
 
     def close(self, now: float) -> None:
         """Account the time of the current status up to the end of the simulation."""
@@ -155,6 +167,7 @@ class SimVM:
         self.errors = 0
         self.token += 1
         self.ended.append(now)
+        self.host._vm_views = None
         self._set(DIRTY, False, now)
 
     def error(self, now: float, max_errors: int) -> bool:
