@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from testlab.cli.output import console, print_json, print_table
+from testlab.cli.output import console, print_json
 from testlab.domain.durations import parse_duration
 from testlab.services.errors import UserError
 
@@ -118,11 +118,27 @@ def run(
 
     for line in header:
         console.print(line, highlight=False, markup=False)
-    print_table(None, ["", *runs], table_rows(runs))
+    _print_table(list(runs), table_rows(runs))
     for line in notes(runs):
         console.print(line, highlight=False, markup=False)
     if not no_html:
         console.print(f"report: {html_path}", highlight=False, markup=False)
+
+
+def _print_table(names: list[str], rows: list[list[str]]) -> None:
+    """One column per run; labels and values never wrap, so the table reads at any width."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    table = Table(header_style="bold")
+    table.add_column("", no_wrap=True)
+    for name in names:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    needed = Measurement.get(console, console.options.update(width=1000), table).maximum
+    Console(width=max(console.width, needed)).print(table)
 
 
 def _run_with_progress(specs, until: float | None, duration: float):

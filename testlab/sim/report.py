@@ -20,6 +20,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("makespan", "makespan", "time"),
     ("lower bound", "lower_bound", "time"),
     ("makespan / bound", "makespan_ratio", "ratio"),
+    ("most loaded", "bottleneck", "text"),
 )
 # Keys of the --json object, per run (seconds for times, fractions for shares).
 JSON_KEYS = (
@@ -78,6 +79,8 @@ def cell(summary: Mapping[str, Any], key: str, kind: str) -> str:
         return f"{100 * value:.1f}%"
     if kind == "ratio":
         return "-" if value is None else f"{value:.3f}"
+    if kind == "text":
+        return str(value or "-")
     return f"{summary['reverts']} ({summary['wasted_reverts']})"
 
 
@@ -100,14 +103,11 @@ def json_report(runs: Mapping[str, Run]) -> dict[str, dict[str, Any]]:
 
 
 def notes(runs: Mapping[str, Run]) -> list[str]:
-    """What the table cannot show: unfinished jobs and why, the bottleneck."""
+    """What the table cannot show: unfinished jobs and why."""
     lines = []
     for name, run in runs.items():
         s = run.summary
         if s["jobs_unfinished"]:
             why = "; ".join(f"{vm}: {reason}" for vm, reason in list(s["blocked"].items())[:3])
             lines.append(f"{name}: {s['jobs_unfinished']} job(s) never ended" + (f" ({why})" if why else ""))
-    first = next(iter(runs.values()), None)
-    if first is not None and first.summary["bottleneck"]:
-        lines.append(f"capacity bound set by {first.summary['bottleneck']}")
     return lines
