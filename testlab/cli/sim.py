@@ -117,10 +117,10 @@ def run(
     from testlab.sim.report import notes, table_rows
 
     for line in header:
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     _print_table(list(runs), table_rows(runs))
     for line in notes(runs):
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     if not no_html:
         console.print(f"report: {html_path}", highlight=False, markup=False)
 

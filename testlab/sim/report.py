@@ -63,7 +63,7 @@ def human(seconds: float | None) -> str:
         return "-"
     s = round(seconds)
     if s < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+        return f"{seconds:.1f}s" if 0 < seconds < 10 else f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     if s < 86400:
