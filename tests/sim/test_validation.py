@@ -32,8 +32,10 @@ steps:
   - {name: build, vms: [build], run: sleep 1.0, timeout: 1m}
   - {name: test, after: build, vms: [t1, t2, t3], run: sleep 0.5, timeout: 1m}
 """
-SUBMIT_EVERY = 1.5  # seconds: more than the lab can do, so jobs queue behind each other
-JOBS = 8
+# Two bursts of four jobs: each burst is more than the lab can take at once, so jobs queue behind
+# each other, then the queue drains (seconds after the first submission).
+SUBMIT_AT = (0.0, 0.2, 0.4, 0.6, 9.0, 9.2, 9.4, 9.6)
+JOBS = len(SUBMIT_AT)
 
 
 @pytest.mark.parametrize("lab_db", ["sqlite"], indirect=True)
@@ -71,8 +73,8 @@ def _real_run(settings, tmp_path, engine):
     wait_for(lambda: _engine_started(settings), 30, what="the engine to start")
     first = time.monotonic()
     job_ids = []
-    for n in range(JOBS):
-        time.sleep(max(0.0, first + n * SUBMIT_EVERY - time.monotonic()))
+    for n, offset in enumerate(SUBMIT_AT):
+        time.sleep(max(0.0, first + offset - time.monotonic()))
         job_ids.append(submit(settings, tmp_path / "jobs", f"job{n}", JOB))
     statuses = wait_for_jobs(settings, job_ids, 150, engine)
     assert set(statuses.values()) == {"completed"}
