@@ -111,3 +111,15 @@ def test_an_empty_history_is_a_user_error(lab_db, tmp_path):
     upgrade(lab_db.settings.database_url)
     with session_scope(lab_db.settings.database_url) as session, pytest.raises(UserError, match="no job"):
         export_workload(session, lab_db.settings, tmp_path / "out")
+
+
+@pytest.mark.parametrize("lab_db", ["sqlite"], indirect=True)
+def test_export_workload_command(history, tmp_path):
+    from click.testing import CliRunner
+
+    from testlab.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["sim", "export-workload", "-o", str(tmp_path / "w"), "--replay"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"workload written: {tmp_path / 'w' / 'workload.yaml'}\n"
+    assert parse_workload(tmp_path / "w" / "workload.yaml").templates[0].arrivals.kind == "at"
