@@ -18,8 +18,12 @@ from testlab.scheduler.snapshot import Action, Plan, PowerOff, Revert, Snapshot,
 _REVERTIBLE = (VMStatus.OFF, VMStatus.DIRTY)
 
 
-def plan(snapshot: Snapshot) -> Plan:
+def plan(snapshot: Snapshot, *, prepare_ahead: bool = True) -> Plan:
     """Decide this round's actions. Pure and deterministic: the snapshot carries all it needs.
+
+    `prepare_ahead=False` reverts only the VMs that runnable tasks need now: no VM is prepared for
+    a step that still waits for an earlier one, and none is kept ready on an idle host. The engine
+    never turns it off; it exists so the simulator can measure what preparing ahead is worth.
 
     Raises SnapshotError (a ValueError) with a one-line message for a malformed snapshot.
     """
@@ -28,7 +32,7 @@ def plan(snapshot: Snapshot) -> Plan:
     blocked = _block(lab, needs)
     planner = _Planner(lab, needs, blocked)
     planner.start_tasks()
-    planner.prepare()
+    planner.prepare(ahead=prepare_ahead)
     planner.power_off_unneeded()
     return Plan(actions=tuple(planner.actions), blocked=blocked)
 
@@ -100,8 +104,9 @@ class _Planner:
             lab.touched.add(key)
             self.actions.append(StartTask(task_id=tasks[index].id, vm=name))
 
-    def prepare(self) -> None:
-        """Revert needed VMs, most urgent first: runnable, then next steps, then keep-ready."""
+    def prepare(self, ahead: bool = True) -> None:
+        """Revert needed VMs, most urgent first: runnable, then (when `ahead`) next steps, then
+        keep-ready."""
         lab = self.lab
         vms = lab.snapshot.vms
         status = lab.status
@@ -109,6 +114,8 @@ class _Planner:
         for name, index in self.needs.runnable.items():
             if status[name] in _REVERTIBLE:
                 self._try_revert(name, (RUNNABLE, index, 0, name), "needed")
+        if not ahead:
+            return
         for name, index in self.needs.next.items():
             if status[name] in _REVERTIBLE:
                 self._try_revert(name, (NEXT, index, 0, name), "next")

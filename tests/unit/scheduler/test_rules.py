@@ -396,3 +396,22 @@ def test_bad_snapshot_is_a_one_line_error(snap, message):
         plan(snap)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+# --- preparing ahead switched off (what the simulator's no-prepare policy measures) ------------
+
+
+def test_without_prepare_ahead_a_next_step_vm_is_not_reverted():
+    snap = lab([vm("a")], [task(1, "a", stage=1)])
+    result = plan(snap, prepare_ahead=False)
+    check_plan(snap, result)
+    assert result.actions == ()
+
+
+def test_without_prepare_ahead_an_idle_host_keeps_nothing_ready():
+    assert plan(lab([vm("a"), vm("b")]), prepare_ahead=False).actions == ()
+
+
+def test_without_prepare_ahead_runnable_needs_are_still_served():
+    snap = lab([vm("a", "dirty"), vm("b")], [task(1, "a"), task(2, "b", stage=1)], limits=ROOMY)
+    assert plan(snap, prepare_ahead=False).actions == (Revert(vm="a", reason="needed"),)
