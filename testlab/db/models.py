@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -41,6 +42,15 @@ class Host(Base):
     backend: Mapped[str] = mapped_column(String(20))
     uri: Mapped[str] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(20), default="up")  # up | down
+    # Why it is down; with `next_check` set, the engine took it down after errors and the monitor
+    # watches it; without, an administrator did and only an administrator brings it back.
+    status_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # consecutive host errors
+    next_check: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    free_disk_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # at the last check
+    health_checked: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    min_free_disk: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # below: no new reverts
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # backend options from the lab file
     description: Mapped[str] = mapped_column(Text, default="")
     max_active: Mapped[int] = mapped_column(Integer)
     max_running: Mapped[int] = mapped_column(Integer)

@@ -50,11 +50,15 @@ class HostDef:
     commands: Mapping[str, str] = field(default_factory=FrozenMap)
     agent_token_file: str | None = None
     description: str = ""
+    options: Mapping[str, Any] = field(default_factory=FrozenMap)  # backend options
+    min_free_disk: int | None = None  # bytes; a host with less free disk gets no new reverts
 
     def __post_init__(self) -> None:
         # Callers building definitions from the database pass plain dicts; keep the value immutable.
         if not isinstance(self.commands, FrozenMap):
             object.__setattr__(self, "commands", FrozenMap(self.commands))
+        if not isinstance(self.options, FrozenMap):
+            object.__setattr__(self, "options", FrozenMap(self.options))
 
 
 @dataclass(frozen=True)

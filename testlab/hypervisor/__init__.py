@@ -96,8 +96,11 @@ class HostConfig:
     uri: str
     commands: Mapping[str, str] = field(default_factory=dict)
     agent_token_file: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # backend options from the lab file
 
 
 def open_host(config: HostConfig) -> Backend:
     """The one way a host's backend is built (the engine, the CLI and the demo all come here)."""
-    return open_backend(config.backend, config.name, config.uri, {"commands": dict(config.commands)})
+    return open_backend(
+        config.backend, config.name, config.uri, {**config.options, "commands": dict(config.commands)}
+    )

@@ -28,6 +28,7 @@ def host_config(host: Host | HostDef) -> HostConfig:
         uri=host.uri,
         commands=dict(host.commands or {}),
         agent_token_file=host.agent_token_file,
+        options=dict(host.options or {}),
     )
 
 

@@ -32,6 +32,8 @@ def _host_values(definition: HostDef) -> dict:
         "description": definition.description,
         "commands": dict(definition.commands),
         "agent_token_file": definition.agent_token_file,
+        "options": dict(definition.options),
+        "min_free_disk": definition.min_free_disk,
         "retired": False,
     }
     values.update({name: getattr(definition.limits, name) for name in LIMIT_FIELDS})
@@ -122,6 +124,8 @@ def export_lab(session: Session) -> LabDef:
                 commands=dict(h.commands or {}),
                 agent_token_file=h.agent_token_file,
                 description=h.description,
+                options=dict(h.options or {}),
+                min_free_disk=h.min_free_disk,
             )
             for h in hosts
         ),
