@@ -34,6 +34,7 @@ def _host_values(definition: HostDef) -> dict:
         "description": definition.description,
         "commands": dict(definition.commands),
         "agent_token_file": definition.agent_token_file,
+        "domain_type": definition.domain_type,
         "retired": False,
     }
     values.update({name: getattr(definition.limits, name) for name in LIMIT_FIELDS})
@@ -124,6 +125,7 @@ def export_lab(session: Session) -> LabDef:
                 commands=dict(h.commands or {}),
                 agent_token_file=h.agent_token_file,
                 description=h.description,
+                domain_type=h.domain_type,
             )
             for h in hosts
         ),
