@@ -10,7 +10,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from testlab.cli import admin, jobs, lab, run
+from testlab.cli import admin, image, jobs, lab, run
 from testlab.db.session import SchemaOutOfDate, upgrade
 from testlab.domain.errors import DefinitionError
 from testlab.hypervisor.base import HypervisorError
@@ -67,6 +67,7 @@ lab.register(cli)
 jobs.register(cli)
 admin.register(cli)
 run.register(cli)
+image.register(cli)
 
 
 def main() -> None:
