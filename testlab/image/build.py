@@ -117,7 +117,7 @@ def _build(scratch: Path, recipe: Recipe, token: str, key: str, progress: Progre
     )
     version = kernel.kernel_version(root)
     progress(f"kernel {version}: building the initrd")
-    shutil.copyfile(root / "boot" / f"vmlinuz-{version}", image / KERNEL)
+    shutil.copyfile(rootfs.resolved_inside(root, f"boot/vmlinuz-{version}"), image / KERNEL)
     modules = kernel.build_initrd(root, version, image / INITRD)
     progress("installing the agent and busybox init")
     rootfs.install_guest(root, recipe, token)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from testlab.image.recipe import GUEST_DIR
+from testlab.image.rootfs import resolved_inside
 from testlab.image.tools import ImageError
 
 #: disk (virtio_pci, virtio_blk), root filesystem (ext4; crc32c for its metadata checksums),
@@ -25,7 +26,7 @@ INITRD_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "virtio_
 
 
 def kernel_version(rootfs: Path) -> str:
-    versions = sorted(p.name for p in (rootfs / "lib" / "modules").iterdir() if p.is_dir())
+    versions = sorted(p.name for p in resolved_inside(rootfs, "lib/modules").iterdir() if p.is_dir())
     if len(versions) != 1:
         raise ImageError(f"expected one kernel in the image, found {len(versions)}: {', '.join(versions)}")
     return versions[0]
@@ -114,10 +115,10 @@ class _Cpio:
 
 def build_initrd(rootfs: Path, version: str, target: Path) -> list[str]:
     """Write the initrd for the kernel `version` of `rootfs`; returns the modules it loads."""
-    busybox = rootfs / "bin" / "busybox"
+    busybox = resolved_inside(rootfs, "bin/busybox")
     if not busybox.is_file():
         raise ImageError("the image has no /bin/busybox (package busybox-static)")
-    modules_dir = rootfs / "lib" / "modules" / version
+    modules_dir = resolved_inside(rootfs, f"lib/modules/{version}")
     order = module_load_order(modules_dir, INITRD_MODULES)
     archive = _Cpio()
     for directory in ("bin", "dev", "proc", "sys", "newroot", "modules"):

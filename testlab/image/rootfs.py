@@ -28,19 +28,31 @@ SLIM = (
 )
 
 
-def _inside(rootfs: Path, relative: str) -> Path:
-    """The host path of `relative` in the image; a symbolic link leading out of it is refused, so
-    nothing is ever written on the build machine itself."""
+def _within(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def inside(rootfs: Path, relative: str) -> Path:
+    """The host path of `relative` in the image, to write: its directory must not lead out of the image
+    through a symbolic link, so the build never writes to the build machine's own files by mistake."""
     target = rootfs / relative
-    parent = Path(os.path.realpath(target.parent))
     root = Path(os.path.realpath(rootfs))
-    if parent != root and root not in parent.parents:
+    parent = Path(os.path.realpath(target.parent))
+    if not _within(root, parent):
         raise ImageError(f"/{relative} in the image leads outside it")
     return parent / target.name
 
 
+def resolved_inside(rootfs: Path, relative: str) -> Path:
+    """Like `inside`, to read: the file itself is resolved too (an absolute link means the image's /)."""
+    path = Path(os.path.realpath(inside(rootfs, relative)))
+    if not _within(Path(os.path.realpath(rootfs)), path):
+        raise ImageError(f"/{relative} in the image leads outside it")
+    return path
+
+
 def place(rootfs: Path, relative: str, data: bytes, mode: int = 0o644) -> None:
-    target = _inside(rootfs, relative)
+    target = inside(rootfs, relative)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_symlink() or target.exists():
         target.unlink()
@@ -67,16 +79,16 @@ def install_guest(rootfs: Path, recipe: Recipe, token: str) -> None:
     place(rootfs, "etc/acpi/PWRF/00000080", guest["power-button"], 0o755)
     place(rootfs, "etc/hostname", f"{recipe.hostname}\n".encode())
     place(rootfs, "etc/hosts", f"127.0.0.1 localhost {recipe.hostname}\n".encode())
-    init = _inside(rootfs, "sbin/init")
+    init = inside(rootfs, "sbin/init")
     if init.is_symlink() or init.exists():
         init.unlink()
     init.symlink_to("/bin/busybox")
-    _inside(rootfs, recipe.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    inside(rootfs, recipe.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
 
 
 def slim(rootfs: Path) -> None:
     for relative in SLIM:
-        path = _inside(rootfs, relative)
+        path = inside(rootfs, relative)
         if path.is_dir() and not path.is_symlink():
             for child in path.iterdir():
                 if child.is_dir() and not child.is_symlink():

@@ -129,3 +129,21 @@ def test_build_never_replaces_a_directory_that_is_not_an_image(tmp_path: Path) -
     assert done.returncode == 1
     assert done.stderr == f"testlab: {out} is not empty and holds no testlab image: choose another --out\n"
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and read_image(out) is None
+
+
+def test_links_out_of_the_image_are_never_followed(tmp_path: Path) -> None:
+    from testlab.image.rootfs import place, resolved_inside
+
+    root = tmp_path / "rootfs"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")  # merged /usr, as Debian has it
+    (root / "usr" / "bin" / "busybox").write_bytes(b"guest")
+    (root / "etc").symlink_to(tmp_path / "host-etc")  # a link an image must not have
+    (tmp_path / "host-etc").mkdir()
+    assert resolved_inside(root, "bin/busybox").read_bytes() == b"guest"
+    (root / "usr" / "bin" / "python3").symlink_to("/usr/bin/python3")
+    with pytest.raises(ImageError, match="leads outside"):
+        resolved_inside(root, "bin/python3")
+    with pytest.raises(ImageError, match="leads outside"):
+        place(root, "etc/inittab", b"x")
+    assert list((tmp_path / "host-etc").iterdir()) == []
