@@ -230,34 +230,32 @@ class LibvirtBackend(Backend):
         destroy it: a guest that ignores ACPI, or hangs on its way down, is still off in bounded time."""
         lv = _libvirt
 
-        def ask(conn: Any) -> bool:
+        def ask(conn: Any) -> float | None:
+            """Seconds to wait for the guest before destroying it; None: it is off already."""
             dom = conn.lookupByName(domain)
             if not dom.isActive():
-                return False
+                return None
             if self.shutdown_grace <= 0 or _state_of(dom.state()[0]) != DomainState.RUNNING:
-                return True
+                return 0.0
             try:
                 dom.shutdownFlags(lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            except lv.libvirtError as exc:  # e.g. a guest without ACPI: go straight to destroy
+            except lv.libvirtError as exc:  # e.g. a guest without ACPI: destroy it at once
                 if _is_connection_error(exc):
                     raise
                 log.info("%s: ACPI shutdown of %s refused (%s); destroying it", self.uri, domain, exc)
-            return True
+                return 0.0
+            return self.shutdown_grace
 
-        if not self._call(ask, domain):
+        grace = self._call(ask, domain)
+        if grace is None:
             return
-        deadline = time.monotonic() + self.shutdown_grace
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             time.sleep(SHUTDOWN_POLL)
             if not self._call(lambda conn: conn.lookupByName(domain).isActive(), domain):
                 return
-        if self.shutdown_grace > 0:
-            log.info(
-                "%s: %s ignored the ACPI shutdown for %g s; destroying it",
-                self.uri,
-                domain,
-                self.shutdown_grace,
-            )
+        if grace > 0:
+            log.info("%s: %s ignored the ACPI shutdown for %g s; destroying it", self.uri, domain, grace)
 
         def destroy(conn: Any) -> None:
             dom = conn.lookupByName(domain)
