@@ -1047,10 +1047,20 @@ class AgentServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, token, workdir, max_upload, idle_timeout, verbose=False, family=None):
-        if family is not None:
-            self.address_family = family
-        ThreadingHTTPServer.__init__(self, address, Handler)
+    def __init__(
+        self, address, token, workdir, max_upload, idle_timeout, verbose=False, family=None, sock=None
+    ):
+        if sock is not None:  # already bound and listening (socket activation)
+            self.address_family = sock.family
+            ThreadingHTTPServer.__init__(self, sock.getsockname(), Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            self.server_name, self.server_port = self.server_address[:2]
+        else:
+            if family is not None:
+                self.address_family = family
+            ThreadingHTTPServer.__init__(self, address, Handler)
         self.token = token
         self.workspace = Workspace(workdir)
         self.boot_id = uuid.uuid4().hex
@@ -1105,13 +1115,32 @@ def _parse_listen(value):
     return host, int(port)
 
 
+def activated_socket():
+    """The listening socket handed over by systemd-style socket activation, or None.
+
+    A service manager (or the launcher of testlab's guest images) opens the port itself and passes it as
+    file descriptor 3 with LISTEN_FDS=1 and LISTEN_PID set to our pid; the agent then serves it instead
+    of binding --listen. The variables are removed so commands the agent starts do not see them.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sock = socket.socket(fileno=3)
+    sock.set_inheritable(False)
+    return sock
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="testlab-agent",
         description="testlab guest agent: runs commands and moves files for the testlab engine.",
     )
     p.add_argument(
-        "--listen", type=_parse_listen, default=("0.0.0.0", 8765), help="HOST:PORT (default 0.0.0.0:8765)"
+        "--listen",
+        type=_parse_listen,
+        default=("0.0.0.0", 8765),
+        help="HOST:PORT (default 0.0.0.0:8765); ignored when a socket is handed over (LISTEN_FDS=1)",
     )
     p.add_argument("--token-file", required=True, help="file holding the bearer token clients must present")
     p.add_argument(
@@ -1154,7 +1183,14 @@ def main(argv=None):
         os.makedirs(args.workdir, exist_ok=True)
         family = socket.AF_INET6 if ":" in args.listen[0] else None
         server = AgentServer(
-            args.listen, token, args.workdir, args.max_upload_bytes, args.idle_timeout, args.verbose, family
+            args.listen,
+            token,
+            args.workdir,
+            args.max_upload_bytes,
+            args.idle_timeout,
+            args.verbose,
+            family,
+            sock=activated_socket(),
         )
         if args.tls_cert:
             server.enable_tls(args.tls_cert, args.tls_key)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from testlab.cli.context import current_user, database, write
+from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.services import vms as vm_service
 from testlab.services.users import add_user
@@ -86,6 +88,66 @@ def vm_set(name: str, change: str | None, abort: bool) -> None:
         "enable": lambda s, vm: vm_service.enable(s, vm, by=by),
     }[change]
     click.echo(write(lambda session: change_vm(session, vm_service.get_vm(session, name))))
+
+
+@vm.command("provision")
+@click.argument("name")
+@click.option(
+    "--image",
+    "image_dir",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Guest image directory (testlab image build --out DIR).",
+)
+@click.option(
+    "--disk-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="/var/lib/libvirt/images",
+    show_default=True,
+    help="Where the domain's disk, kernel and initrd go (readable by the hypervisor).",
+)
+@click.option(
+    "--memory",
+    type=click.IntRange(min=64),
+    default=384,
+    show_default=True,
+    help="Guest memory, MiB (new domains).",
+)
+@click.option(
+    "--cpus", type=click.IntRange(1, 64), default=1, show_default=True, help="Virtual CPUs (new domains)."
+)
+@click.option("--from", "from_snapshot", help="Existing snapshot of the domain the new one starts from.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds the guest may take to boot.",
+)
+def vm_provision(
+    name: str,
+    image_dir: Path,
+    disk_dir: Path,
+    memory: int,
+    cpus: int,
+    from_snapshot: str | None,
+    timeout: float,
+) -> None:
+    """Create the domain of libvirt VM NAME from a guest image and take its clean snapshot."""
+    from testlab.services.provision import ProvisionRequest, provision_vm
+
+    request = ProvisionRequest(
+        vm=name,
+        image_dir=image_dir,
+        disk_dir=disk_dir,
+        memory_mib=memory,
+        vcpus=cpus,
+        from_snapshot=from_snapshot,
+        boot_timeout=timeout,
+        by=current_user(),
+    )
+    message = provision_vm(settings(), request, progress=lambda line: click.echo(f"{name}: {line}", err=True))
+    click.echo(f"vm {name}: {message}")
 
 
 @click.group()

@@ -60,6 +60,7 @@ class Host(Base):
     sleep_after_revert: Mapped[float] = mapped_column(Float)
     commands: Mapped[dict] = mapped_column(JSON, default=dict)
     agent_token_file: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    domain_type: Mapped[str | None] = mapped_column(String(20), nullable=True)  # libvirt: kvm (None) or qemu
     retired: Mapped[bool] = mapped_column(Boolean, default=False)  # gone from the lab file; history kept
     version: Mapped[int] = _version_column()
 

@@ -27,9 +27,21 @@ BACKENDS = ("local", "libvirt", "command")
 COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")
 # A `command` host has no other way to drive its domains than these templates.
 REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
+# How libvirt runs a host's domains: `kvm` (hardware virtualisation, the default) or `qemu` (software
+# emulation, for hosts without usable virtualisation extensions). Used when testlab defines a domain.
+DOMAIN_TYPES = ("kvm", "qemu")
 LAB_VM_ROLES = (VMRole.BASE, VMRole.EXTRA, VMRole.RETIRED)  # `deleted` is a database state only
 
-_HOST_KEYS = ("name", "backend", "uri", "limits", "commands", "agent_token_file", "description")
+_HOST_KEYS = (
+    "name",
+    "backend",
+    "uri",
+    "limits",
+    "commands",
+    "agent_token_file",
+    "domain_type",
+    "description",
+)
 _VM_KEYS = ("name", "host", "domain", "snapshot", "role", "labels", "description", "agent")
 _LIMIT_INTS = (
     "max_active",
@@ -52,6 +64,7 @@ class HostDef:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=FrozenMap)  # backend options
     min_free_disk: int | None = None  # bytes; a host with less free disk gets no new reverts
+    domain_type: str | None = None  # libvirt hosts only; None: kvm
 
     def __post_init__(self) -> None:
         # Callers building definitions from the database pass plain dicts; keep the value immutable.
@@ -165,6 +178,11 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
                 f"missing {', '.join(missing)} (required by backend 'command')",
                 field=reader.field("commands"),
             )
+    domain_type = None
+    if reader.has("domain_type"):
+        if backend != "libvirt":
+            raise reader.error("domain_type", f"only libvirt hosts have a domain type, not {backend} hosts")
+        domain_type = reader.string("domain_type", choices=DOMAIN_TYPES)
     token_file = None
     if reader.has("agent_token_file"):
         token_path = Path(reader.string("agent_token_file"))
@@ -180,6 +198,7 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         commands=commands,
         agent_token_file=token_file,
         description=reader.text("description"),
+        domain_type=domain_type,
     )
 
 
@@ -268,6 +287,8 @@ def dump_lab(lab: LabDef) -> str:
             item["commands"] = dict(host.commands)
         if host.agent_token_file is not None:
             item["agent_token_file"] = host.agent_token_file
+        if host.domain_type is not None:
+            item["domain_type"] = host.domain_type
         if host.description:
             item["description"] = host.description
         hosts.append(item)
@@ -311,6 +332,7 @@ _Dumper.add_representer(list, _represent_list)
 __all__ = [
     "BACKENDS",
     "COMMAND_OPERATIONS",
+    "DOMAIN_TYPES",
     "DefinitionError",
     "HostDef",
     "LabDef",

@@ -163,6 +163,13 @@ class HostDriver:
             "ensure_domain", timeout, self.backend.ensure_domain, domain, snapshot, domain=domain
         )
 
+    async def call(
+        self, op: str, fn: Callable[..., T], *args: Any, timeout: float, domain: str | None = None
+    ) -> T:
+        """Any other blocking call of the backend (provisioning defines domains, reads their XML) on
+        the host's pool, under the same deadline rules as the operations above."""
+        return await self._call(op, timeout, fn, *args, domain=domain)
+
     async def aclose(self, *, timeout: float = 10.0) -> None:
         """Stop accepting calls and release the backend without waiting for hung threads."""
         if self._closed:

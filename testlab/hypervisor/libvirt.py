@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from xml.sax.saxutils import escape
@@ -37,6 +38,10 @@ T = TypeVar("T")
 
 KEEPALIVE_INTERVAL = 5  # seconds between keepalive probes
 KEEPALIVE_COUNT = 3  # unanswered probes before the connection is declared dead
+#: Seconds a guest is given to power itself off after an ACPI shutdown request before it is destroyed
+#: (option `shutdown_grace`; 0 destroys at once). Many test guests ignore ACPI altogether.
+DEFAULT_SHUTDOWN_GRACE = 10.0
+SHUTDOWN_POLL = 0.2
 
 _connections: dict[str, Any] = {}
 _users: dict[str, int] = {}  # open Backends per URI: the last one to close drops the connection
@@ -152,6 +157,7 @@ class LibvirtBackend(Backend):
         with _connections_lock:
             _users[uri] = _users.get(uri, 0) + 1
         self._closed = False
+        self.shutdown_grace = float(self.options.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE))
 
     def _call(self, fn: Callable[[Any], T], domain: str | None = None, snapshot: str | None = None) -> T:
         """Run fn(connection), reconnecting once if the cached connection turns out to be dead."""
@@ -220,16 +226,47 @@ class LibvirtBackend(Backend):
             dom.create()
 
     def power_off(self, domain: str) -> None:
-        def run(conn: Any) -> None:
+        """Ask the guest to shut down (ACPI power button), wait `shutdown_grace` seconds for it, then
+        destroy it: a guest that ignores ACPI, or hangs on its way down, is still off in bounded time."""
+        lv = _libvirt
+
+        def ask(conn: Any) -> float | None:
+            """Seconds to wait for the guest before destroying it; None: it is off already."""
+            dom = conn.lookupByName(domain)
+            if not dom.isActive():
+                return None
+            if self.shutdown_grace <= 0 or _state_of(dom.state()[0]) != DomainState.RUNNING:
+                return 0.0
+            try:
+                dom.shutdownFlags(lv.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except lv.libvirtError as exc:  # e.g. a guest without ACPI: destroy it at once
+                if _is_connection_error(exc):
+                    raise
+                log.info("%s: ACPI shutdown of %s refused (%s); destroying it", self.uri, domain, exc)
+                return 0.0
+            return self.shutdown_grace
+
+        grace = self._call(ask, domain)
+        if grace is None:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            time.sleep(SHUTDOWN_POLL)
+            if not self._call(lambda conn: conn.lookupByName(domain).isActive(), domain):
+                return
+        if grace > 0:
+            log.info("%s: %s ignored the ACPI shutdown for %g s; destroying it", self.uri, domain, grace)
+
+        def destroy(conn: Any) -> None:
             dom = conn.lookupByName(domain)
             if dom.isActive():
                 try:
                     dom.destroy()
-                except _libvirt.libvirtError as exc:
-                    if exc.get_error_code() != _libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                except lv.libvirtError as exc:
+                    if exc.get_error_code() != lv.VIR_ERR_OPERATION_INVALID or dom.isActive():
                         raise
 
-        self._call(run, domain)
+        self._call(destroy, domain)
 
     def revert(self, domain: str, snapshot: str) -> None:
         def run(conn: Any) -> None:
@@ -257,6 +294,34 @@ class LibvirtBackend(Backend):
             dom.snapshotCreateXML(f"<domainsnapshot><name>{escape(name)}</name></domainsnapshot>")
 
         self._call(run, domain, name)
+
+    # ---- definitions (provisioning)
+
+    def define_domain(self, xml: str) -> str:
+        """Define a new (persistent, shut off) domain from its XML; returns its name."""
+        return self._call(lambda conn: conn.defineXML(xml).name())
+
+    def domain_xml(self, domain: str) -> str:
+        return self._call(lambda conn: conn.lookupByName(domain).XMLDesc(0), domain)
+
+    def delete_domain(self, domain: str) -> bool:
+        """Destroy and undefine the domain with its snapshots' metadata (the disk files are the
+        caller's). False if there was no such domain."""
+        lv = _libvirt
+
+        def run(conn: Any) -> bool:
+            try:
+                dom = conn.lookupByName(domain)
+            except lv.libvirtError as exc:
+                if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            return True
+
+        return self._call(run, domain)
 
     # ---- host
 

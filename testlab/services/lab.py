@@ -34,6 +34,7 @@ def _host_values(definition: HostDef) -> dict:
         "agent_token_file": definition.agent_token_file,
         "options": dict(definition.options),
         "min_free_disk": definition.min_free_disk,
+        "domain_type": definition.domain_type,
         "retired": False,
     }
     values.update({name: getattr(definition.limits, name) for name in LIMIT_FIELDS})
@@ -126,6 +127,7 @@ def export_lab(session: Session) -> LabDef:
                 description=h.description,
                 options=dict(h.options or {}),
                 min_free_disk=h.min_free_disk,
+                domain_type=h.domain_type,
             )
             for h in hosts
         ),

@@ -162,8 +162,7 @@ ERRORS = [
         "host unknown key",
         H + "    colour: red\nvms: []\n",
         "lab.yaml:5: hosts[0].colour: unknown key (allowed: agent_token_file, backend, commands, "
-        "description, "
-        "limits, name, uri)",
+        "description, domain_type, limits, name, uri)",
     ),
     (
         "host missing uri",
@@ -428,6 +427,7 @@ def test_dump_omits_defaults_and_round_trips() -> None:
                 uri="test:///default",
                 limits=HostLimits(max_active=5, sleep_after_revert=0.25),
                 description="a: tricky 'string'\nwith two lines",
+                domain_type="qemu",
             ),
         ),
         vms=(
@@ -457,6 +457,19 @@ def test_definitions_built_by_hand_are_frozen_and_compare_by_value() -> None:
     vm = VMDef(name="v", host="h", domain="v", snapshot="s", labels=["a", "b"])  # type: ignore[arg-type]
     assert vm.labels == ("a", "b")
     hash(vm)
+
+
+def test_domain_type_is_for_libvirt_hosts_only() -> None:
+    libvirt = "hosts:\n  - {name: q, backend: libvirt, uri: 'qemu:///system', domain_type: %s}\nvms: []\n"
+    assert lab(libvirt % "qemu").hosts[0].domain_type == "qemu"
+    assert lab(libvirt % "kvm").hosts[0].domain_type == "kvm"
+    assert lab(libvirt.replace(", domain_type: %s", "")).hosts[0].domain_type is None
+    assert error_of(libvirt % "xen") == (
+        "lab.yaml:2: hosts[0].domain_type: expected one of kvm, qemu, got 'xen'"
+    )
+    assert error_of(H + "    domain_type: qemu\nvms: []\n") == (
+        "lab.yaml:5: hosts[0].domain_type: only libvirt hosts have a domain type, not local hosts"
+    )
 
 
 def test_dump_writes_labels_inline() -> None:
