@@ -35,6 +35,7 @@ class HostState:
     name: str
     limits: HostLimits
     up: bool
+    no_reverts: str | None = None
     vms: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VMStatus.ALL, 0))
     queued: bool = False  # some usable VM of the host is needed by a queued task
@@ -113,7 +114,7 @@ def classify(snapshot: Snapshot) -> Lab:
     hosts: dict[str, HostState] = {}
     for name, view in snapshot.hosts.items():
         _check_limits(name, view.limits)
-        hosts[name] = HostState(name=name, limits=view.limits, up=view.up)
+        hosts[name] = HostState(name=name, limits=view.limits, up=view.up, no_reverts=view.no_reverts)
 
     owners: dict[DomainKey, list[str]] = {}
     status: dict[str, str] = {}
@@ -170,6 +171,8 @@ def blocked_reason(lab: Lab, vm_name: str) -> str | None:
         return f"host {vm.host} allows no running vm (max_running is 0)"
     if vm.status in (VMStatus.OFF, VMStatus.DIRTY) and limits.max_reverting == 0:
         return f"host {vm.host} allows no revert (max_reverting is 0)"
+    if vm.status in (VMStatus.OFF, VMStatus.DIRTY) and host.no_reverts:
+        return f"host {vm.host} takes no new revert: {host.no_reverts}"
     if vm.status == VMStatus.OFF and limits.max_active == 0:
         return f"host {vm.host} allows no active vm (max_active is 0)"
     return None

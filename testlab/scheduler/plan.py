@@ -52,6 +52,7 @@ def _block(lab: Lab, needs: Needs) -> dict[str, str]:
                 limits.max_running
                 and limits.max_reverting
                 and limits.max_active
+                and host.no_reverts is None
                 and (owners is None or (len(owners) == 1 and owners[0] == name) or usable.issuperset(owners))
             ):
                 host.queued = True
@@ -149,6 +150,8 @@ class _Planner:
             displace = owner
 
         host = lab.hosts[vm.host]
+        if host.no_reverts is not None:
+            return
         limits = host.limits
         if host.reverting + 1 > limits.max_reverting:
             return

@@ -31,6 +31,7 @@ class HostView:
     name: str
     limits: HostLimits = field(default_factory=HostLimits)
     up: bool = True  # False: the host is marked down; none of its VMs is touched
+    no_reverts: str | None = None  # why the host takes no new revert now (its disk is nearly full)
 
 
 @dataclass(frozen=True, slots=True)

@@ -415,3 +415,28 @@ def test_without_prepare_ahead_an_idle_host_keeps_nothing_ready():
 def test_without_prepare_ahead_runnable_needs_are_still_served():
     snap = lab([vm("a", "dirty"), vm("b")], [task(1, "a"), task(2, "b", stage=1)], limits=ROOMY)
     assert plan(snap, prepare_ahead=False).actions == (Revert(vm="a", reason="needed"),)
+
+
+# --- a host short of disk -----------------------------------------------------------------------
+
+
+def test_host_short_of_disk_gets_no_revert_but_its_idle_vms_still_run():
+    full = HostView(name="h1", limits=ROOMY, no_reverts="0.2 GiB of free disk, below its 5.0 GiB")
+    snapshot = lab(
+        [vm("a", "idle"), vm("b", "off"), vm("c", "dirty")],
+        [task(1, "a"), task(2, "b"), task(3, "c")],
+        hosts=[full],
+    )
+    result = plan(snapshot)
+    check_plan(snapshot, result)
+    # The dirty VM cannot be reverted for its task: it is powered off rather than left running.
+    assert list(result.actions) == [StartTask(task_id=1, vm="a"), PowerOff(vm="c", reason="unneeded")]
+    assert result.blocked == {
+        "b": "host h1 takes no new revert: 0.2 GiB of free disk, below its 5.0 GiB",
+        "c": "host h1 takes no new revert: 0.2 GiB of free disk, below its 5.0 GiB",
+    }
+
+
+def test_host_short_of_disk_keeps_nothing_ready():
+    full = HostView(name="h1", limits=ROOMY, no_reverts="disk nearly full")
+    assert actions(lab([vm("a", "off"), vm("b", "off")], hosts=[full])) == []
