@@ -101,5 +101,16 @@ def host_set(name: str, status: str | None) -> None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds the power cycle may take.")
 def host_power_cycle(name: str, timeout: float) -> None:
     """Run the host's power-cycle command; its VMs are then treated as dirty."""
-    url = ready().database_url
-    click.echo(host_service.power_cycle(url, name, timeout=timeout, by=current_user()))
+    from testlab.engine.options import EngineOptions
+
+    current = ready()
+    click.echo(
+        host_service.power_cycle(
+            current.database_url,
+            name,
+            timeout=timeout,
+            by=current_user(),
+            max_tries=EngineOptions.from_env().max_tries,
+            jobs_dir=current.jobs_dir,
+        )
+    )

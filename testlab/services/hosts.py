@@ -6,17 +6,20 @@ write lock must not wait for it), each with a deadline that does not hold the pr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import VM, Host
+from testlab.db.models import VM, Host, Task
 from testlab.db.session import run_transaction
 from testlab.domain.labfile import HostDef, LabDef
-from testlab.domain.statuses import VMStatus
+from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.hypervisor import HostConfig, open_host
 from testlab.hypervisor.base import Backend, OperationTimedOut
 from testlab.services.errors import UserError
-from testlab.services.transitions import record_event, set_vm_status
+from testlab.services.tasks import requeue_task
+from testlab.services.transitions import end_operation, record_event, set_vm_status
 from testlab.threads import call_with_deadline
 
 
@@ -54,9 +57,11 @@ def _get_host(session: Session, name: str) -> Host:
     return host
 
 
-def power_cycle(url: str, name: str, *, timeout: float, by: str) -> str:
-    """Power-cycle the host; VMs that were active are marked dirty so they are reverted before use.
-    VMs running a task are left to the engine, which sees their agent vanish and requeues the task."""
+def power_cycle(url: str, name: str, *, timeout: float, by: str, max_tries: int, jobs_dir: Path) -> str:
+    """Power-cycle the host. Every VM of it that was active is marked dirty (reverted before use);
+    the tasks that were running there are requeued at once, with their try used but nothing charged to
+    their VMs: the work died with the power, whatever the agents will say when they are back. (The
+    engine drops its followers of those tasks as soon as it sees them requeued.)"""
 
     def started(session: Session) -> HostConfig:
         host = _get_host(session, name)
@@ -69,17 +74,29 @@ def power_cycle(url: str, name: str, *, timeout: float, by: str) -> str:
     except TimeoutError as error:
         raise OperationTimedOut(str(error), host=name) from None
 
-    def done(session: Session) -> int:
+    def done(session: Session) -> tuple[int, int]:
         host = _get_host(session, name)
-        marked = 0
+        marked = requeued = 0
+        reason = f"host {host.name} power-cycled by {by}"
         for vm in session.scalars(select(VM).where(VM.host_id == host.id)):
-            if vm.status in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.OFF) and vm.operation is None:
-                marked += set_vm_status(session, vm, VMStatus.DIRTY, f"host {host.name} power-cycled")
+            task = session.scalars(
+                select(Task).where(Task.vm_id == vm.id, Task.status == TaskStatus.RUNNING)
+            ).first()
+            if task is not None:
+                output = jobs_dir / str(task.job_id) / "tasks" / str(task.id)
+                requeue_task(session, task, reason, count_try=True, max_tries=max_tries, output_dir=output)
+                vm.boot_id = None
+                end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
+                requeued += 1
+                marked += 1
+            elif vm.status in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.OFF) and vm.operation is None:
+                vm.boot_id = None
+                marked += set_vm_status(session, vm, VMStatus.DIRTY, reason)
         record_event(session, "host", f"power cycle of {host.name} done", host_id=host.id)
-        return marked
+        return marked, requeued
 
-    marked = run_transaction(url, done, actor=by)
-    return f"host {name} power-cycled; {marked} VM(s) marked dirty"
+    marked, requeued = run_transaction(url, done, actor=by)
+    return f"host {name} power-cycled; {marked} VM(s) marked dirty, {requeued} task(s) requeued"
 
 
 def power_off_vms(url: str, names: list[str] | None, *, by: str, timeout: float = 120.0) -> list[str]:

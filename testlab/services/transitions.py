@@ -12,9 +12,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import VM, Event, Job, Step, Task, utcnow
+from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
 from testlab.domain.rollup import rollup, timestamps
-from testlab.domain.statuses import TaskStatus
+from testlab.domain.statuses import TaskStatus, VMStatus
 
 
 def record_event(
@@ -56,6 +56,28 @@ def set_vm_status(
     record_event(session, "vm", reason, vm=vm, task=task, old=vm.status, new=new, now=now)
     vm.status = new
     vm.status_changed = now
+    return True
+
+
+def clear_operation(vm: VM) -> None:
+    vm.operation = vm.operation_started = vm.operation_deadline = None
+
+
+def end_operation(session: Session, vm: VM, status: str, reason: str, *, task: Task | None = None) -> None:
+    """End the VM's operation in `status`; a pending maintenance request takes effect now instead."""
+    clear_operation(vm)
+    if vm.maintenance_requested:
+        vm.maintenance_requested = vm.abort_requested = False
+        status, reason = VMStatus.MAINTENANCE, f"{reason}; maintenance as requested"
+    set_vm_status(session, vm, status, reason, task=task)
+
+
+def set_host_status(session: Session, host: Host, new: str, reason: str) -> bool:
+    """Change a host's status (up/down) and record it; returns False if it did not change."""
+    if host.status == new:
+        return False
+    record_event(session, "host", reason, host_id=host.id, old=host.status, new=new)
+    host.status = new
     return True
 
 

@@ -9,6 +9,7 @@ from testlab.db.models import VM, Host, utcnow
 from testlab.domain.statuses import HostStatus, VMStatus
 from testlab.services.errors import UserError
 from testlab.services.transitions import record_event, set_vm_status
+from testlab.services.transitions import set_host_status as change_host_status
 
 
 def get_vm(session: Session, name: str) -> VM:
@@ -74,16 +75,15 @@ def enable(session: Session, vm: VM, *, by: str = "admin") -> str:
 
 
 def set_host_status(session: Session, host: Host, status: str, *, by: str = "admin") -> str:
+    """An administrator marks a host down (nothing on it is touched until it is up again) or up (its
+    error count starts afresh, whoever took it down)."""
     if status not in HostStatus.ALL:
         raise UserError(f"host status must be one of {sorted(HostStatus.ALL)}")
-    if host.status != status:
-        record_event(
-            session,
-            "host",
-            f"host {host.name} marked {status} by {by}",
-            host_id=host.id,
-            old=host.status,
-            new=status,
-        )
-        host.status = status
+    host.next_check = None
+    if status == HostStatus.UP:
+        host.errors = 0
+        host.status_reason = ""
+    else:
+        host.status_reason = f"marked down by {by}"
+    change_host_status(session, host, status, f"host {host.name} marked {status} by {by}")
     return f"host {host.name} is {status}"

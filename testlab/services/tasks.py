@@ -1,0 +1,36 @@
+"""Putting a task back in the queue: the one place that decides between another try and `boterror`."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from testlab.db.models import Job, Task
+from testlab.db.session import after_commit
+from testlab.domain.statuses import TaskStatus
+from testlab.services.transitions import roll_up_job, set_task_status
+
+
+def requeue_task(
+    session: Session, task: Task, reason: str, *, count_try: bool, max_tries: int, output_dir: Path
+) -> None:
+    """Work that died: its partial results go (after the commit), and the task is queued for another
+    try on a clean VM, or ends `boterror` once it used `max_tries` (never an endless loop), or
+    `canceled` if its job was. The caller sees to the VM, whose fault it may or may not be."""
+    job = session.get(Job, task.job_id)
+    after_commit(session, lambda: shutil.rmtree(output_dir, ignore_errors=True))
+    if not count_try:
+        task.tries = max(0, task.tries - 1)
+    task.command_id = task.agent_url = task.boot_id = None
+    task.exit_code = None
+    if job.cancel_requested:
+        set_task_status(session, task, TaskStatus.CANCELED, f"{reason}; job canceled")
+    elif task.tries >= max_tries:
+        task.detail = f"{reason} (after {task.tries} tries)"
+        set_task_status(session, task, TaskStatus.BOTERROR, task.detail)
+    else:
+        task.detail = reason
+        set_task_status(session, task, TaskStatus.QUEUED, f"requeued: {reason}")
+    roll_up_job(session, job)
