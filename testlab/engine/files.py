@@ -6,6 +6,8 @@ database transaction.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -45,11 +47,6 @@ def output_dir(work: TaskWork) -> Path:
     return work.output_dir
 
 
-def append(log_file, chunk: bytes) -> None:
-    log_file.write(chunk)
-    log_file.flush()
-
-
 def move_tree(source: Path, target: Path) -> None:
     if not source.is_dir():
         return
@@ -58,3 +55,56 @@ def move_tree(source: Path, target: Path) -> None:
             destination = target / path.relative_to(source)
             destination.parent.mkdir(parents=True, exist_ok=True)
             path.replace(destination)
+
+
+_CUT_MARK = re.compile(rb"^\[testlab: the first (\d+) bytes of this log were cut\]\n")
+
+
+class CappedLog:
+    """A task's log that keeps its last part when the output is huge, so `yes` cannot fill the
+    engine's disk. Past `cap` bytes, the log is rewritten to its last half behind a first line saying
+    how many bytes were cut; each rewrite follows at least cap/2 new bytes, so every output byte is
+    written at most twice. `received` counts every byte the command wrote, cut or kept: a re-attached
+    follower resumes the agent's output from there."""
+
+    def __init__(self, path: Path, cap: int) -> None:
+        self.path = path
+        self.cap = max(cap, 1024)
+        self.cut = 0
+        self._mark_length = 0
+        if path.exists():
+            with path.open("rb") as existing:
+                match = _CUT_MARK.match(existing.readline())
+            if match:
+                self.cut, self._mark_length = int(match.group(1)), len(match.group(0))
+        self._file = path.open("ab")
+        self.size = self._file.tell()
+
+    @property
+    def received(self) -> int:
+        return self.cut + self.size - self._mark_length
+
+    def append(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._file.flush()
+        self.size += len(chunk)
+        if self.size > self.cap:
+            self._keep_the_end()
+
+    def _keep_the_end(self) -> None:
+        keep = self.cap // 2
+        self._file.close()
+        with self.path.open("rb") as source:
+            source.seek(self.size - keep)
+            tail = source.read(keep)
+        self.cut += self.size - self._mark_length - keep
+        mark = f"[testlab: the first {self.cut} bytes of this log were cut]\n".encode()
+        partial = self.path.with_name(self.path.name + ".cut")
+        partial.write_bytes(mark + tail)
+        os.replace(partial, self.path)
+        self._mark_length = len(mark)
+        self._file = self.path.open("ab")
+        self.size = self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
