@@ -78,6 +78,7 @@ class CommandState:
     started: float | None  # epoch seconds
     ended: float | None
     boot_id: str  # boot id of the agent that started the command
+    lost: bool = False  # the agent came back (reboot, restart) without the command's supervisor
 
     @property
     def finished(self) -> bool:
@@ -118,6 +119,7 @@ def _state(data: Any) -> CommandState:
             started=data["started"],
             ended=data["ended"],
             boot_id=str(data["boot_id"]),
+            lost=bool(data.get("lost", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed command state from agent: {data!r}") from exc
@@ -218,7 +220,7 @@ class AgentClient:
             raise UploadLost(detail)
         if status in (502, 503, 504):
             raise Retryable(detail)
-        raise ProtocolError(detail)
+        raise ProtocolError(detail, code if isinstance(code, str) else None)
 
     def _touch(self) -> None:
         self._last_contact = time.monotonic()

@@ -20,7 +20,13 @@ class CommandUnknown(AgentError):
 
 
 class ProtocolError(AgentError):
-    """The agent refused the request (bad path, too large...) or answered something unexpected."""
+    """The agent refused the request (bad path, too large...) or answered something unexpected.
+
+    `code` is the agent's machine-readable reason when it gave one (e.g. `artifacts_too_many`)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Retryable(Exception):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -26,20 +27,22 @@ from testlab.db.session import SchemaOutOfDate, check_schema
 from testlab.engine import reading
 from testlab.engine.connections import Connections
 from testlab.engine.database import EngineDatabase, describe_outage, is_database_outage
-from testlab.engine.dispatch import record_blocked, record_plan
+from testlab.engine.disk import EngineDisk
+from testlab.engine.dispatch import record_blocked, record_notice, record_plan
 from testlab.engine.lease import LeaseKeeper, LeaseLost
 from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
-from testlab.engine.work import KillWork, PowerOffWork, RevertWork, TaskWork
-from testlab.scheduler import plan
+from testlab.engine.work import HostCheck, KillWork, PowerOffWork, RevertWork, TaskWork
+from testlab.scheduler import PowerOff, plan
 from testlab.services.jobs import recover_staged_jobs
 from testlab.threads import DaemonThreadPool
 
 log = logging.getLogger("testlab.engine")
 
 SHUTDOWN_GRACE = 5.0  # seconds a stopping engine gives its connections to close
+FIRST_CHECKS_WAIT = 5.0  # seconds a starting engine waits for its hosts' first health checks
 
 
 class DatabaseOutage(Exception):
@@ -54,8 +57,13 @@ class Engine:
         self.lease = LeaseKeeper(settings.database_url, self.options.lease_ttl)
         self.outcomes = Outcomes(settings, self.options)
         self.connections = Connections(self.options)
-        self.operations = Operations(self.db, self.outcomes, self.connections, self.lease.ensure)
+        self.disk = EngineDisk(settings.home, self.options.engine_min_free_disk, self.options.max_log_bytes)
+        self.operations = Operations(
+            self.db, self.outcomes, self.connections, self.lease.ensure, self.disk.write_failed
+        )
         self.inflight: dict[str, asyncio.Task] = {}  # VM name -> its operation
+        self.inflight_work: dict[str, Any] = {}  # VM name -> what that operation does
+        self.checking: dict[str, asyncio.Task] = {}  # host name -> its health check
         self.killing: dict[int, asyncio.Task] = {}  # task id -> the kill of its command
         self.blocked: dict[str, str] | None = None  # as last stored
         self.exit_code = 0
@@ -139,6 +147,7 @@ class Engine:
             if is_database_outage(error):
                 raise DatabaseOutage(describe_outage(error)) from None
             raise
+        await self._first_host_checks()
         poller = asyncio.create_task(self._watch_events())
         backoff = 1.0
         try:
@@ -198,13 +207,15 @@ class Engine:
 
     async def _abandon_operations(self) -> None:
         """Cancel every coroutine in flight; the work they drive is not undone (reconcile re-attaches)."""
-        tasks = [*self.inflight.values(), *self.killing.values()]
+        tasks = [*self.inflight.values(), *self.killing.values(), *self.checking.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE)
         self.inflight.clear()
+        self.inflight_work.clear()
         self.killing.clear()
+        self.checking.clear()
 
     async def _watch_events(self) -> None:
         """The event history is the change feed: any new event (a job submitted, a VM set by an
@@ -225,25 +236,76 @@ class Engine:
         self.rounds += 1
         self.connections.configure(await self.db.read(reading.host_configs))
         view = await self.db.read(reading.read_round, self.options, frozenset(self.inflight), time.time())
+        self._drop_stale_followers(view.running)
+        paused, notices = self.disk.check()
+        for notice in notices:
+            log.warning("%s", notice)
+            await self.db.write(record_notice, notice)
         loop = asyncio.get_running_loop()
         decided = await loop.run_in_executor(self._planner, plan, view.snapshot)
-        if decided.blocked != self.blocked:
-            await self.db.write(record_blocked, decided.blocked)
-            for vm, reason in decided.blocked.items():
-                if (self.blocked or {}).get(vm) != reason:
-                    log.info("tasks for %s are blocked: %s", vm, reason)
-            self.blocked = dict(decided.blocked)
-        if decided.actions:
-            for work in await self.db.write(record_plan, decided, view, self.settings, self.options):
+        blocked = {f"vm {vm}": reason for vm, reason in decided.blocked.items()}
+        if paused is not None:
+            blocked["engine"] = paused
+        if blocked != self.blocked:
+            await self.db.write(record_blocked, blocked)
+            for subject, reason in blocked.items():
+                if (self.blocked or {}).get(subject) != reason:
+                    log.info("work for %s is blocked: %s", subject, reason)
+            self.blocked = blocked
+        actions = decided.actions
+        if paused is not None:  # nothing new while the engine's own disk is full; power-offs go on
+            actions = tuple(a for a in actions if isinstance(a, PowerOff))
+        if actions:
+            for work in await self.db.write(
+                record_plan, dataclasses.replace(decided, actions=actions), view, self.settings, self.options
+            ):
                 self._spawn(work.vm.name, work, self._operation(work))
         for kill in view.to_kill:
             if kill.task_id not in self.killing:
                 self._kill(kill)
         for check in view.to_monitor:
             self._spawn(check.vm.name, check, lambda c=check: self.operations.monitor(c))
+        for host in view.host_checks:
+            if host.name not in self.checking:
+                self._check_host(host)
         for vm in view.expired:
             if vm.name not in self.inflight:
                 await self.db.write(self.outcomes.operation_expired, vm.id)
+
+    def _drop_stale_followers(self, running: dict[int, str]) -> None:
+        """A follower whose task is no longer running with its command (an administrator's power
+        cycle requeued it, a watchdog ended it) has nothing left to follow: it is cancelled."""
+        for vm_name, work in list(self.inflight_work.items()):
+            if isinstance(work, TaskWork) and running.get(work.task_id) != work.command_id:
+                task = self.inflight.get(vm_name)
+                if task is not None and not task.done():
+                    log.info("task %s is no longer running as followed: dropping its follower", work.task_id)
+                    task.cancel()
+
+    async def _first_host_checks(self) -> None:
+        """Learn the hosts' health (reachable, free disk) before the first plan acts on them; a host
+        slow to answer is not waited for beyond a few seconds (its check goes on in the background)."""
+        try:
+            view = await self.db.read(reading.read_round, self.options, frozenset(self.inflight), time.time())
+        except Exception as error:
+            if is_database_outage(error):
+                raise DatabaseOutage(describe_outage(error)) from None
+            raise
+        for host in view.host_checks:
+            self._check_host(host)
+        if self.checking:
+            await asyncio.wait(list(self.checking.values()), timeout=FIRST_CHECKS_WAIT)
+
+    def _check_host(self, check: HostCheck) -> None:
+        async def run() -> None:
+            try:
+                await self.operations.check_host(check)
+            except Exception as error:  # noqa: BLE001 - a lost lease or an outage: the loop decides
+                self._fail(error)
+
+        task = asyncio.create_task(run())
+        self.checking[check.name] = task
+        task.add_done_callback(lambda _: self.checking.pop(check.name, None))
 
     def _kill(self, kill: KillWork) -> None:
         async def run() -> None:
@@ -269,10 +331,12 @@ class Engine:
         operation cancelled before it began leaves nothing un-awaited behind."""
         task = asyncio.create_task(self._guarded(work, start))
         self.inflight[vm_name] = task
+        self.inflight_work[vm_name] = work
 
         def done(finished: asyncio.Task) -> None:
             if self.inflight.get(vm_name) is finished:
                 del self.inflight[vm_name]
+                self.inflight_work.pop(vm_name, None)
             self._wake.set()
 
         task.add_done_callback(done)

@@ -49,9 +49,9 @@ class EngineDatabase:
     def actor(self) -> str:
         return f"engine {self.epoch}"
 
-    async def write(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(session, *args)` in one fenced, conditional transaction."""
-        return await self._on_thread(functools.partial(self._fenced, work, args))
+    async def write(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `work(session, *args, **kwargs)` in one fenced, conditional transaction."""
+        return await self._on_thread(functools.partial(self._fenced, work, args, kwargs))
 
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(session, *args)` in one read-only transaction (a consistent snapshot)."""
@@ -62,11 +62,11 @@ class EngineDatabase:
     async def _on_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._thread.submit(call))
 
-    def _fenced(self, work: Callable[..., T], args: tuple) -> T:
+    def _fenced(self, work: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
         def unit(session: Session) -> T:
             if self.epoch is not None:
                 lease.check(session, self.epoch)
-            return work(session, *args)
+            return work(session, *args, **kwargs)
 
         return run_transaction(self.url, unit, actor=self.actor)
 

@@ -174,10 +174,15 @@ def describe_task(
     )
 
 
+def record_notice(session: Session, text: str) -> None:
+    """Tell the administrators (a `notify` event: notifications send it on)."""
+    record_event(session, "notify", text)
+
+
 def record_blocked(session: Session, blocked: Mapping[str, str]) -> None:
-    """Store the scheduler's blocked reasons (called when they changed); a reason that stays keeps its
-    `since`, so people see how long work has waited for it."""
-    wanted = {f"vm {vm}": reason for vm, reason in blocked.items()}
+    """Store why queued work waits, by subject (`vm win10`, `engine`), when the reasons changed; a
+    reason that stays keeps its `since`, so people see how long work has waited for it."""
+    wanted = dict(blocked)
     stored = dict(session.execute(select(Blocked.subject, Blocked.reason)).all())
     stale = [subject for subject, reason in stored.items() if wanted.get(subject) != reason]
     if stale:

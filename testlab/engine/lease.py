@@ -70,6 +70,14 @@ def holder_is_dead(holder: str) -> bool:
     return stat is None or stat[1] != start or stat[0] in ("Z", "X")
 
 
+def live_holder(session: Session) -> str | None:
+    """The engine holding the lease now, if one does (for commands that must not race it)."""
+    lease = session.get(EngineLease, LEASE_ID)
+    if lease is None or not lease.holder or lease.expires <= utcnow() or holder_is_dead(lease.holder):
+        return None
+    return lease.holder
+
+
 def acquire(session: Session, holder: str, ttl: float) -> int:
     """Take the lease and return its new epoch; LeaseHeld if a live engine holds it."""
     now = utcnow()

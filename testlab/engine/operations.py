@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import shutil
 import tempfile
@@ -20,22 +21,36 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from testlab.agent.client import AgentClient, AgentError, AgentUnreachable, CommandState, CommandUnknown
+from testlab.agent.client import (
+    AgentClient,
+    AgentError,
+    AgentUnreachable,
+    CommandState,
+    CommandUnknown,
+    ProtocolError,
+)
 from testlab.engine import files
 from testlab.engine.connections import Connections
 from testlab.engine.database import EngineDatabase
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
-from testlab.engine.work import KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
-from testlab.hypervisor.base import HypervisorError
+from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
+from testlab.hypervisor.base import HostUnreachable, HypervisorError
 
 log = logging.getLogger("testlab.engine")
 
 DEADLINE_KILL_WAIT = 2.0  # seconds the agent gets to end a command killed at the engine's deadline
+FULL_DISK = 1 << 20  # bytes: a VM with less free disk when a command failed had its disk filled
+DISK_FULL_ERRORS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TransferTimedOut(Exception):
     """Uploads or artifact downloads overran their overall deadline."""
+
+
+class ArtifactsRefused(Exception):
+    """The agent refused the task's artifact set (too many files, too many bytes, too slow to list):
+    the task's own doing, so it fails the task, not the VM."""
 
 
 class Operations:
@@ -45,11 +60,13 @@ class Operations:
         outcomes: Outcomes,
         connections: Connections,
         fence: Callable[[], Awaitable[None]],
+        engine_disk_full: Callable[[OSError], None] = lambda error: None,
     ) -> None:
         self.db = db
         self.outcomes = outcomes
         self.connections = connections
         self.fence = fence  # returns once the lease is confirmed; raises LeaseLost
+        self.engine_disk_full = engine_disk_full  # the engine pauses new work until space is back
         self.options: EngineOptions = outcomes.options
 
     # ------------------------------------------------------------------ VMs
@@ -66,6 +83,8 @@ class Operations:
                 await self.db.write(self.outcomes.revert_settling, vm.id, info.boot_id)
                 await asyncio.sleep(work.sleep)
             await self.db.write(self.outcomes.revert_done, vm.id, info.boot_id)
+        except HostUnreachable as error:
+            await self.db.write(self.outcomes.host_error, vm.id, f"revert of {vm.name}: {_describe(error)}")
         except (HypervisorError, AgentError) as error:
             log.warning("revert of %s failed: %s", vm.name, error)
             await self.db.write(self.outcomes.vm_error, vm.id, f"revert failed: {_describe(error)}")
@@ -77,6 +96,10 @@ class Operations:
             await self.fence()
             await driver.power_off(vm.domain, timeout=work.timeout)
             await self.db.write(self.outcomes.poweroff_done, vm.id)
+        except HostUnreachable as error:
+            await self.db.write(
+                self.outcomes.host_error, vm.id, f"power off of {vm.name}: {_describe(error)}"
+            )
         except HypervisorError as error:
             await self.db.write(self.outcomes.vm_error, vm.id, f"power off failed: {_describe(error)}")
 
@@ -99,10 +122,21 @@ class Operations:
         except (HypervisorError, AgentError) as error:
             await self.db.write(self.outcomes.monitor_result, vm.id, False, _describe(error))
 
+    async def check_host(self, work: HostCheck) -> None:
+        """A host's health: does its hypervisor answer, how much disk is free."""
+        log.info("checking host %s", work.name)
+        try:
+            health = await self.connections.driver(work.name).health(timeout=work.timeout)
+            reachable, free, detail = health.reachable, health.free_disk_bytes, health.detail
+        except HypervisorError as error:
+            reachable, free, detail = False, None, _describe(error)
+        await self.db.write(self.outcomes.host_checked, work.id, reachable, free, detail)
+
     # ------------------------------------------------------------------ tasks
 
     async def run_task(self, work: TaskWork, *, attach: bool = False) -> None:
         """Start the task's command (or re-attach to it after an engine restart) and see it to its end."""
+        record = self.outcomes
         try:
             agent = await self.connections.agent(work.vm, work.agent_url)
             if attach:
@@ -110,21 +144,56 @@ class Operations:
             else:
                 output = await self._start(agent, work)
             state = await self._follow(agent, work, output / "log")
-            missing = await self._within_transfer_deadline("collecting artifacts", self._collect(agent, work))
+            failure = None
+            try:
+                missing = await self._within_transfer_deadline(
+                    "collecting artifacts", self._collect(agent, work)
+                )
+            except ArtifactsRefused as refused:
+                missing, failure = [], f"artifacts refused: {refused}"
             detail = _result_detail(state) + (
                 f"; no artifact matched {', '.join(missing)}" if missing else ""
             )
+            if state.state == "exited" and state.exit_code != 0:
+                detail += await self._disk_note(agent)
             await self.db.write(
-                self.outcomes.task_finished, work.task_id, state.state, state.exit_code, detail
+                record.task_finished,
+                work.task_id,
+                state.state,
+                state.exit_code,
+                detail,
+                lost=state.lost,
+                failure=failure,
             )
+        except HostUnreachable as error:
+            await self.db.write(record.host_error, work.vm.id, f"task {work.task_id}: {_describe(error)}")
         except CommandUnknown as error:
-            await self.db.write(self.outcomes.task_requeue, work.task_id, f"the VM lost the task: {error}")
+            await self.db.write(record.task_requeue, work.task_id, f"the VM lost the task: {error}")
         except AgentUnreachable as error:
-            await self.db.write(self.outcomes.task_requeue, work.task_id, f"agent unreachable: {error}")
-        except (AgentError, HypervisorError, OSError, TransferTimedOut) as error:
+            await self.db.write(record.task_requeue, work.task_id, f"agent unreachable: {error}")
+        except OSError as error:
+            # Agents and hypervisors never raise OSError here (their errors are typed): this is the
+            # engine's own machine failing to write the task's files.
+            full = error.errno in DISK_FULL_ERRORS
+            if full:
+                self.engine_disk_full(error)
             await self.db.write(
-                self.outcomes.task_requeue, work.task_id, f"infrastructure error: {_describe(error)}"
+                record.engine_problem, work.task_id, f"{_describe(error)}", count_try=not full
             )
+        except (AgentError, HypervisorError, TransferTimedOut) as error:
+            await self.db.write(
+                record.task_requeue, work.task_id, f"infrastructure error: {_describe(error)}"
+            )
+
+    async def _disk_note(self, agent: AgentClient) -> str:
+        """A failed command that left its VM's disk full did it to itself: say so next to the result."""
+        try:
+            info = await agent.info()
+        except AgentError:
+            return ""
+        if info.free_disk_bytes < FULL_DISK:
+            return f"; the VM's disk was full ({info.free_disk_bytes} bytes free)"
+        return ""
 
     async def _start(self, agent: AgentClient, work: TaskWork) -> Path:
         info = await agent.info()
@@ -155,15 +224,17 @@ class Operations:
     async def _follow(self, agent: AgentClient, work: TaskWork, log_path: Path) -> CommandState:
         """Follow the command's output into its log until it ends, or until the engine's own deadline
         for it, counted from the task's real start (a re-attached task keeps its original deadline)."""
-        offset = log_path.stat().st_size if log_path.exists() else 0
-        with log_path.open("ab") as log_file:
+        capped = await asyncio.to_thread(files.CappedLog, log_path, self.options.max_log_bytes)
+        try:
 
             async def append(chunk: bytes) -> None:
-                await asyncio.to_thread(files.append, log_file, chunk)
+                await asyncio.to_thread(capped.append, chunk)
 
             try:
                 return await asyncio.wait_for(
-                    agent.wait(work.command_id, boot_id=work.boot_id, on_output=append, output_offset=offset),
+                    agent.wait(
+                        work.command_id, boot_id=work.boot_id, on_output=append, output_offset=capped.received
+                    ),
                     timeout=max(0.0, work.deadline - time.time()),
                 )
             except TimeoutError:
@@ -175,6 +246,8 @@ class Operations:
                 if state.state == "exited":
                     return state
                 return dataclasses.replace(state, state="timeout")
+        finally:
+            await asyncio.to_thread(capped.close)
 
     async def _collect(self, agent: AgentClient, work: TaskWork) -> list[str]:
         """Fetch the declared artifacts; returns the patterns that matched nothing."""
@@ -189,7 +262,13 @@ class Operations:
         )
         try:
             for pattern in work.artifacts:
-                if not await agent.download(f"{work.remote_dir}/{pattern}", staging):
+                try:
+                    found = await agent.download(f"{work.remote_dir}/{pattern}", staging)
+                except ProtocolError as error:
+                    if (error.code or "").startswith("artifacts_"):
+                        raise ArtifactsRefused(f"{pattern}: {error}") from None
+                    raise
+                if not found:
                     missing.append(pattern)
             await asyncio.to_thread(files.move_tree, staging / work.remote_dir, target)
         finally:

@@ -10,6 +10,11 @@ from dataclasses import dataclass, fields
 class EngineOptions:
     max_tries: int = 3  # starts of a task before it ends `boterror`
     max_vm_errors: int = 3  # consecutive infrastructure errors before a VM goes offline
+    max_host_errors: int = 3  # consecutive host errors (hypervisor unreachable) before a host goes down
+    host_check_interval: float = 60.0  # health (reachable, free disk) of each up host checked this often
+    min_free_disk: int = 0  # bytes; a host below it gets no new reverts (0: off; the lab file may set it)
+    engine_min_free_disk: int = 50 << 20  # bytes free in the data directory below which new work pauses
+    max_log_bytes: int = 64 << 20  # a task's log keeps its last this many bytes; the cut is marked
     revert_timeout: float = 360.0  # seconds for a revert, agent included
     poweroff_timeout: float = 120.0
     agent_boot_timeout: float = 120.0  # seconds for the agent to answer after a revert

@@ -4,35 +4,39 @@ Each method is the body of one engine transaction (`EngineDatabase.write` runs i
 lease and retries it on fresh rows after a conflict), so it reads what it changes in the same
 transaction and is correct whatever an administrator did in between (e.g. a maintenance request
 that arrived while the task ran takes effect here).
+
+Every error is charged to exactly one party (docs/engine.md, "Who is charged"): the test (a failed
+task), the VM (its error count, then offline), the host (its error count, then down), or the engine's
+own machine (nobody's count; new work pauses).
 """
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
-from testlab.db.models import VM, Job, Task, utcnow
-from testlab.db.session import after_commit
-from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.db.models import VM, Host, Job, Task, utcnow
+from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
-from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
+from testlab.services.tasks import requeue_task
+from testlab.services.transitions import (
+    clear_operation,
+    end_operation,
+    record_event,
+    roll_up_job,
+    set_host_status,
+    set_task_status,
+    set_vm_status,
+)
+
+DISK_SHORT = "short of disk"
 
 
-def clear_operation(vm: VM) -> None:
-    vm.operation = vm.operation_started = vm.operation_deadline = None
-
-
-def release(session: Session, vm: VM, status: str, reason: str, *, task: Task | None = None) -> None:
-    """End the VM's operation; a pending maintenance request takes effect now."""
-    clear_operation(vm)
-    if vm.maintenance_requested:
-        vm.maintenance_requested = vm.abort_requested = False
-        status, reason = VMStatus.MAINTENANCE, f"{reason}; maintenance as requested"
-    set_vm_status(session, vm, status, reason, task=task)
+def _size(count: int | None) -> str:
+    return "unknown" if count is None else f"{count / (1 << 30):.1f} GiB"
 
 
 class Outcomes:
@@ -50,20 +54,22 @@ class Outcomes:
     def revert_done(self, session: Session, vm_id: int, boot_id: str) -> None:
         vm = session.get(VM, vm_id)
         vm.boot_id = boot_id
-        release(session, vm, VMStatus.IDLE, f"reverted to {vm.snapshot}, agent boot {boot_id[:8]}")
+        self._host_works(session, vm)
+        end_operation(session, vm, VMStatus.IDLE, f"reverted to {vm.snapshot}, agent boot {boot_id[:8]}")
 
     def poweroff_done(self, session: Session, vm_id: int) -> None:
         vm = session.get(VM, vm_id)
         vm.boot_id = None
-        release(session, vm, VMStatus.OFF, "powered off")
+        self._host_works(session, vm)
+        end_operation(session, vm, VMStatus.OFF, "powered off")
 
     def vm_error(self, session: Session, vm_id: int, reason: str) -> None:
-        """An infrastructure error counts against the VM; at the limit the VM goes offline."""
+        """An infrastructure error of the VM counts against it; at the limit it goes offline."""
         vm = session.get(VM, vm_id)
         vm.errors += 1
         vm.boot_id = None
         if vm.errors < self.options.max_vm_errors:
-            release(session, vm, VMStatus.DIRTY, f"{reason} (error {vm.errors})")
+            end_operation(session, vm, VMStatus.DIRTY, f"{reason} (error {vm.errors})")
             return
         clear_operation(vm)
         vm.maintenance_requested = vm.abort_requested = False
@@ -76,21 +82,121 @@ class Outcomes:
             vm=vm,
         )
 
+    # ---------------------------------------------------------------- hosts
+
+    def host_error(self, session: Session, vm_id: int, reason: str) -> None:
+        """The VM's host could not be reached: the host is charged, not the VM, whose state is now
+        unknown (dirty); a task it ran is requeued without using a try."""
+        vm = session.get(VM, vm_id)
+        task = self._running_task(session, vm)
+        if task is not None:
+            self._requeue(session, task, reason, count_try=False)
+        vm.boot_id = None
+        end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
+        self._charge_host(session, session.get(Host, vm.host_id), reason)
+
+    def _charge_host(self, session: Session, host: Host, reason: str) -> None:
+        host.errors += 1
+        if host.status != HostStatus.UP or host.errors < self.options.max_host_errors:
+            record_event(session, "host", f"host error {host.errors}: {reason}", host_id=host.id)
+            return
+        host.status_reason = f"{host.errors} consecutive errors, the last: {reason}"
+        host.next_check = utcnow() + timedelta(seconds=self.options.monitor_interval)
+        set_host_status(session, host, HostStatus.DOWN, f"host {host.name} down: {host.status_reason}")
+        record_event(
+            session,
+            "notify",
+            f"host {host.name} is down after {host.errors} consecutive errors: {reason}",
+            host_id=host.id,
+        )
+
+    def _host_works(self, session: Session, vm: VM) -> None:
+        host = session.get(Host, vm.host_id)
+        if host.errors:
+            host.errors = 0
+
+    def host_checked(
+        self, session: Session, host_id: int, reachable: bool, free_disk: int | None, detail: str
+    ) -> None:
+        """A health check's result: a host the engine took down comes back when it answers; an up host
+        that does not answer is charged; its free disk is recorded, and crossing its threshold notified."""
+        host = session.get(Host, host_id)
+        now = utcnow()
+        host.health_checked = now
+        if host.status == HostStatus.DOWN:
+            if host.next_check is None:
+                return  # an administrator took it down: only an administrator brings it back
+            if reachable:
+                host.status_reason, host.errors, host.next_check = "", 0, None
+                set_host_status(session, host, HostStatus.UP, f"host {host.name} up: {detail}")
+                record_event(session, "notify", f"host {host.name} is working again", host_id=host.id)
+            else:
+                backoff = host.errors >= 2 * self.options.max_host_errors
+                host.errors += 1
+                interval = self.options.monitor_backoff if backoff else self.options.monitor_interval
+                host.next_check = now + timedelta(seconds=interval)
+                record_event(session, "host", f"host check: still unreachable: {detail}", host_id=host.id)
+            self._record_disk(session, host, free_disk if reachable else host.free_disk_bytes)
+            return
+        if not reachable:
+            self._charge_host(session, host, f"health check: {detail}")
+            return
+        if host.errors:
+            host.errors = 0
+        self._record_disk(session, host, free_disk)
+
+    def _record_disk(self, session: Session, host: Host, free: int | None) -> None:
+        """Record the free disk; crossing the threshold either way is notified once (an up host
+        short of disk says so in its `status_reason`)."""
+        threshold = host.min_free_disk or self.options.min_free_disk
+        host.free_disk_bytes = free
+        was_low = host.status_reason.startswith(DISK_SHORT)
+        low = bool(threshold and free is not None and free < threshold)
+        if low and not was_low and host.status == HostStatus.UP:
+            host.status_reason = f"{DISK_SHORT}: {_size(free)} free, below {_size(threshold)}: no new reverts"
+            record_event(session, "notify", f"host {host.name} {host.status_reason}", host_id=host.id)
+        elif was_low and not low:
+            host.status_reason = ""
+            record_event(
+                session, "notify", f"host {host.name} has {_size(free)} of free disk again", host_id=host.id
+            )
+
     # ---------------------------------------------------------------- tasks
 
     def task_finished(
-        self, session: Session, task_id: int, state: str, exit_code: int | None, detail: str
+        self,
+        session: Session,
+        task_id: int,
+        state: str,
+        exit_code: int | None,
+        detail: str,
+        *,
+        lost: bool = False,
+        failure: str | None = None,
     ) -> None:
-        """The command ended and its results are collected: the task has a result; the VM worked."""
+        """The command ended and its results are collected: the task has a result, the VM worked.
+
+        A command the agent reports `lost` (its supervisor vanished: the machine rebooted or power-
+        cycled under it, its disk surviving) is no result: the task is requeued with a try used and
+        the VM charged. `failure` is a reason the task failed whatever its exit code (a bad artifact
+        set)."""
         task = session.get(Task, task_id)
         if task.status != TaskStatus.RUNNING:
             return  # already recorded (a re-run of this transaction, or a watchdog got there first)
         job = session.get(Job, task.job_id)
         vm = session.get(VM, task.vm_id)
         if state == "killed" and vm.abort_requested and not job.cancel_requested:
-            self._requeue(session, task, "aborted for maintenance", count_try=False, vm_error=False)
+            self._requeue(session, task, "aborted for maintenance", count_try=False)
+            end_operation(session, vm, VMStatus.DIRTY, "aborted for maintenance", task=task)
             return
-        if state == "exited":
+        if lost and not job.cancel_requested:
+            reason = "the VM rebooted under the command: its agent came back without it"
+            self._requeue(session, task, reason, count_try=True)
+            self.vm_error(session, vm.id, reason)
+            return
+        if failure is not None:
+            status, detail = TaskStatus.FAILED, f"{detail}; {failure}"
+        elif state == "exited":
             status = TaskStatus.COMPLETED if exit_code == 0 else TaskStatus.FAILED
         elif state == "timeout":
             status = TaskStatus.TIMEOUT
@@ -102,41 +208,41 @@ class Outcomes:
         task.detail = detail
         set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}")
         vm.errors = 0
-        release(session, vm, VMStatus.DIRTY, f"task {task.id} ended {status}", task=task)
+        end_operation(session, vm, VMStatus.DIRTY, f"task {task.id} ended {status}", task=task)
         roll_up_job(session, job)
 
     def task_requeue(
         self, session: Session, task_id: int, reason: str, *, count_try: bool = True, vm_error: bool = True
     ) -> None:
+        """Infrastructure trouble under a running task: another try on a clean VM; the VM is charged
+        unless `vm_error` is False (the trouble was not the VM's)."""
         task = session.get(Task, task_id)
         if task.status != TaskStatus.RUNNING:
             return
-        self._requeue(session, task, reason, count_try=count_try, vm_error=vm_error)
-
-    def _requeue(self, session: Session, task: Task, reason: str, *, count_try: bool, vm_error: bool) -> None:
-        """Work that died: results removed, retried on a clean VM, or `boterror` past the try limit."""
+        self._requeue(session, task, reason, count_try=count_try)
         vm = session.get(VM, task.vm_id)
-        job = session.get(Job, task.job_id)
-        output = self.settings.job_dir(job.id) / "tasks" / str(task.id)
-        after_commit(session, lambda: shutil.rmtree(output, ignore_errors=True))
-        if not count_try:
-            task.tries = max(0, task.tries - 1)
-        task.command_id = task.agent_url = task.boot_id = None
-        task.exit_code = None
-        if job.cancel_requested:
-            set_task_status(session, task, TaskStatus.CANCELED, f"{reason}; job canceled")
-        elif task.tries >= self.options.max_tries:
-            task.detail = f"{reason} (after {task.tries} tries)"
-            set_task_status(session, task, TaskStatus.BOTERROR, task.detail)
-        else:
-            task.detail = reason
-            set_task_status(session, task, TaskStatus.QUEUED, f"requeued: {reason}")
         if vm.status == VMStatus.RUNNING or vm.operation == "task":
             if vm_error:
                 self.vm_error(session, vm.id, reason)
             else:
-                release(session, vm, VMStatus.DIRTY, reason, task=task)
-        roll_up_job(session, job)
+                end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
+
+    def engine_problem(self, session: Session, task_id: int, reason: str, *, count_try: bool) -> None:
+        """The engine's own machine failed the task (its disk full, its data directory unusable): the
+        task is requeued and no VM or host is charged."""
+        self.task_requeue(session, task_id, f"engine problem: {reason}", count_try=count_try, vm_error=False)
+
+    def _requeue(self, session: Session, task: Task, reason: str, *, count_try: bool) -> None:
+        output = self.settings.job_dir(task.job_id) / "tasks" / str(task.id)
+        requeue_task(
+            session, task, reason, count_try=count_try, max_tries=self.options.max_tries, output_dir=output
+        )
+
+    @staticmethod
+    def _running_task(session: Session, vm: VM) -> Task | None:
+        return session.scalars(
+            select(Task).where(Task.vm_id == vm.id, Task.status == TaskStatus.RUNNING)
+        ).first()
 
     # ---------------------------------------------------------------- watchdog and monitor
 
@@ -147,11 +253,10 @@ class Outcomes:
         if vm.operation is None or vm.operation_deadline is None or vm.operation_deadline >= utcnow():
             return
         reason = f"{vm.operation} operation overran its deadline"
-        task = session.scalars(
-            select(Task).where(Task.vm_id == vm.id, Task.status == TaskStatus.RUNNING)
-        ).first()
+        task = self._running_task(session, vm)
         if task is not None:
-            self._requeue(session, task, reason, count_try=True, vm_error=True)
+            self._requeue(session, task, reason, count_try=True)
+            self.vm_error(session, vm.id, reason)
         elif vm.operation == "monitor":
             clear_operation(vm)
         else:

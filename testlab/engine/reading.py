@@ -4,7 +4,7 @@ starts (kills, monitor checks, operations past their deadline)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, aliased
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
 from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
-from testlab.engine.work import KillWork, MonitorWork, View, vm_ref
+from testlab.engine.work import HostCheck, KillWork, MonitorWork, View, vm_ref
 from testlab.hypervisor import HostConfig
 from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits, HostView, Snapshot, TaskView, VMView
 from testlab.services.hosts import host_config
@@ -45,6 +45,7 @@ def read_round(session: Session, options: EngineOptions, inflight: frozenset[str
                 name=h.name,
                 limits=HostLimits(**{f: getattr(h, f) for f in LIMIT_FIELDS}),
                 up=h.status == HostStatus.UP,
+                no_reverts=_short_of_disk(h, options),
             )
             for h in hosts
         },
@@ -64,6 +65,9 @@ def read_round(session: Session, options: EngineOptions, inflight: frozenset[str
         tasks=_queued_tasks(session, {vm.id: vm.name for vm in vms}),
     )
     current = utcnow()
+    running = dict(
+        session.execute(select(Task.id, Task.command_id).where(Task.status == TaskStatus.RUNNING)).all()
+    )
     return View(
         snapshot=snapshot,
         vm_versions={vm.name: vm.version for vm in vms},
@@ -76,7 +80,31 @@ def read_round(session: Session, options: EngineOptions, inflight: frozenset[str
             and vm.operation_deadline < current
             and vm.name not in inflight
         ],
+        host_checks=_host_checks(hosts, options, current),
+        running=running,
     )
+
+
+def _short_of_disk(host: Host, options: EngineOptions) -> str | None:
+    threshold = host.min_free_disk or options.min_free_disk
+    free = host.free_disk_bytes
+    if not threshold or free is None or free >= threshold:
+        return None
+    return f"{free / (1 << 30):.1f} GiB of free disk, below its {threshold / (1 << 30):.1f} GiB"
+
+
+def _host_checks(hosts: list[Host], options: EngineOptions, now: datetime) -> list[HostCheck]:
+    """Hosts the engine took down whose next check is due, and up hosts not checked for a while."""
+    due = []
+    for host in hosts:
+        if host.status == HostStatus.DOWN:
+            if host.next_check is not None and host.next_check <= now:
+                due.append(host)
+        elif host.health_checked is None or host.health_checked <= now - timedelta(
+            seconds=options.host_check_interval
+        ):
+            due.append(host)
+    return [HostCheck(h.id, h.name, options.monitor_timeout) for h in due]
 
 
 def _queued_tasks(session: Session, vm_names: dict[int, str]) -> tuple[TaskView, ...]:

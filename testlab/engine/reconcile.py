@@ -22,10 +22,10 @@ from testlab.engine.connections import Connections
 from testlab.engine.database import EngineDatabase
 from testlab.engine.dispatch import describe_task
 from testlab.engine.options import EngineOptions
-from testlab.engine.outcomes import Outcomes, clear_operation
+from testlab.engine.outcomes import Outcomes
 from testlab.engine.work import TaskWork, VMRef, vm_ref
 from testlab.hypervisor.base import HypervisorError
-from testlab.services.transitions import record_event, set_vm_status
+from testlab.services.transitions import clear_operation, record_event, set_vm_status
 
 CHECK_TIMEOUT = 20.0
 

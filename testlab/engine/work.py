@@ -75,6 +75,15 @@ class KillWork:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HostCheck:
+    """A health check of a host: reachable, free disk (and, for a host the engine took down, back?)."""
+
+    id: int
+    name: str
+    timeout: float
+
+
 @dataclass(slots=True)
 class View:
     """What one planning round reads from the database."""
@@ -84,3 +93,5 @@ class View:
     to_kill: list[KillWork] = field(default_factory=list)
     to_monitor: list[MonitorWork] = field(default_factory=list)
     expired: list[VMRef] = field(default_factory=list)  # operations past their deadline
+    host_checks: list[HostCheck] = field(default_factory=list)
+    running: dict[int, str] = field(default_factory=dict)  # running task id -> its command id
