@@ -9,6 +9,7 @@ import click
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.services import vms as vm_service
+from testlab.services.errors import UserError
 from testlab.services.users import add_user
 from testlab.services.views import list_vms, vm_view
 
@@ -148,6 +149,25 @@ def vm_provision(
     )
     message = provision_vm(settings(), request, progress=lambda line: click.echo(f"{name}: {line}", err=True))
     click.echo(f"vm {name}: {message}")
+
+
+@vm.command("power-off")
+@click.argument("names", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every VM of the lab.")
+def vm_power_off(names: tuple[str, ...], every: bool) -> None:
+    """Power VMs off while no engine runs (sandbox agents outlive the engine by design)."""
+    from testlab.engine.lease import live_holder
+    from testlab.services.hosts import power_off_vms
+
+    if bool(names) == every:
+        raise click.UsageError("give VM names or --all")
+    current = settings()
+    with database(current, readonly=True) as session:
+        holder = live_holder(session)
+    if holder is not None:
+        raise UserError(f"an engine ({holder}) is running: stop it first, or use `vm set NAME --maintenance`")
+    done = power_off_vms(current.database_url, list(names) if names else None, by=current_user())
+    click.echo(f"powered off: {', '.join(done)}" if done else "no VM to power off")
 
 
 @click.group()
