@@ -7,6 +7,7 @@ TESTLAB_DB    SQLAlchemy URL (default sqlite:///$TESTLAB_HOME/testlab.db);
 
 from __future__ import annotations
 
+import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,6 @@ class Settings:
         """Self-contained copies of submitted jobs: definition, files, then logs and artifacts."""
         return self.home / "jobs"
 
-    @property
-    def engine_lock(self) -> Path:
-        return self.home / "engine.lock"
-
     def job_dir(self, job_id: int) -> Path:
         return self.jobs_dir / str(job_id)
 
@@ -35,3 +32,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     home = Path(env.get("TESTLAB_HOME") or ".testlab").absolute()
     url = env.get("TESTLAB_DB") or f"sqlite:///{home / 'testlab.db'}"
     return Settings(home=home, database_url=url)
+
+
+def current_user() -> str:
+    """Who is acting: `TESTLAB_USER`, else the operating system's user."""
+    return os.environ.get("TESTLAB_USER") or getpass.getuser()

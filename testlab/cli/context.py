@@ -7,18 +7,18 @@ between (docs/engine.md, "Concurrency"). Commands that only read use `database(r
 
 from __future__ import annotations
 
-import getpass
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
-from testlab.config import Settings, load_settings
+from testlab.config import Settings, current_user, load_settings
 from testlab.db.session import check_schema, run_transaction, session_scope
 
 T = TypeVar("T")
+
+__all__ = ["current_user", "database", "ready", "settings", "write"]
 
 
 def settings() -> Settings:
@@ -44,7 +44,3 @@ def write(work: Callable[[Session], T], current: Settings | None = None) -> T:
     """Run `work(session)` as one conditional transaction, again on fresh rows after a conflict."""
     current = ready(current)
     return run_transaction(current.database_url, work, actor=current_user())
-
-
-def current_user() -> str:
-    return os.environ.get("TESTLAB_USER") or getpass.getuser()

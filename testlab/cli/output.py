@@ -10,37 +10,16 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from testlab.terminal import styled
 
-STATUS_STYLES = {
-    "completed": "green",
-    "idle": "green",
-    "running": "cyan",
-    "reverting": "yellow",
-    "sleeping": "yellow",
-    "queued": "white",
-    "failed": "red",
-    "boterror": "magenta",
-    "timeout": "red",
-    "offline": "magenta",
-    "maintenance": "blue",
-    "canceled": "dim",
-    "skipped": "dim",
-    "dirty": "yellow",
-    "off": "dim",
-}
+__all__ = ["console", "print_json", "print_table", "styled"]
+
+console = Console()
 
 
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
-
-
-def styled(status: str | None) -> str:
-    if status is None:
-        return ""
-    style = STATUS_STYLES.get(status)
-    return f"[{style}]{status}[/{style}]" if style else status
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

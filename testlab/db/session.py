@@ -12,7 +12,7 @@
 - **Files follow the commit.** `after_commit` registers file changes that must only happen once the
   rows describing them are committed; a rolled-back transaction drops them.
 
-SQLite runs in WAL mode with a busy timeout so the engine, the web server and the CLI can share the file.
+SQLite runs in WAL mode with a busy timeout so the engine and any number of CLI commands can share the file.
 Every command checks that the schema is at the migrations' head before touching data.
 """
 

@@ -12,9 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import select
 
-from testlab.cli.context import current_user
-from testlab.cli.output import styled
-from testlab.config import Settings
+from testlab.config import Settings, current_user
 from testlab.db.models import VM, Host, Job, Step, Task
 from testlab.db.session import session_scope, upgrade
 from testlab.domain.jobfile import parse_job
@@ -25,6 +23,7 @@ from testlab.engine.options import EngineOptions
 from testlab.services.hosts import power_off_vms, prepare_domains
 from testlab.services.jobs import submit_job
 from testlab.services.lab import apply_lab
+from testlab.terminal import styled
 
 JOBS = {  # file -> the status the job must end in
     "build-and-test.yaml": TaskStatus.COMPLETED,
@@ -104,6 +103,10 @@ def run_demo(settings: Settings, *, timeout: float = 120.0) -> int:
                 live.update(await asyncio.to_thread(_board, settings, job_ids, started))
                 await asyncio.sleep(0.25)
 
+        if not console.is_terminal:  # a log or a pipe gets the final board once, not a live one
+            await engine.run(until=finished)
+            console.print(_board(settings, job_ids, started))
+            return
         with Live(console=console, refresh_per_second=8, transient=False) as live:
             painter = asyncio.create_task(show(live))
             try:
@@ -111,6 +114,7 @@ def run_demo(settings: Settings, *, timeout: float = 120.0) -> int:
             finally:
                 painter.cancel()
             live.update(_board(settings, job_ids, started))
+        console.print()
 
     asyncio.run(main())
     shut_down(settings)

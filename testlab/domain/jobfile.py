@@ -1,8 +1,9 @@
 """The job file: what to run (steps), where (VMs named or chosen by labels), in which order, how long.
 
-The one parser of this format, shared by the CLI, the REST API and the shard protocol. Pure: it reads
-the file and checks that the files it sends to the VMs exist, but knows nothing of the database. Which
-VMs a step targets depends on the lab at submission time, so that is a separate step, `resolve_targets`.
+The one parser of this format, used by the CLI and the engine (the REST API and shards will use it
+too). Pure: it reads the file and checks that the files it sends to the VMs exist, but knows nothing
+of the database. Which VMs a step targets depends on the lab at submission time, so that is a
+separate step, `resolve_targets`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The lab file: which hosts exist, how to reach them, and which VMs (host, domain, snapshot) they carry.
 
-The one parser of this format, shared by the CLI, the REST API and the shard protocol. It is pure: it
-reads the file and checks it, nothing else; applying a lab to the database is the services' job.
-`dump_lab` writes the same format back (e.g. `testlab lab export`), leaving defaults out so the output
-reads like a hand-written file.
+The one parser of this format, used by the CLI and the engine (the REST API and shards will use it
+too). It is pure: it reads the file and checks it, nothing else; applying a lab to the database is
+the services' job. `dump_lab` writes the same format back (e.g. `testlab lab export`), leaving
+defaults out so the output reads like a hand-written file.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one roll-up of child statuses into a parent status (task -> step -> job).
 
-Pure functions only: the engine, the CLI and the API all call these, so a step or job can never be
+Pure functions only: the engine and the CLI both call these, so a step or job can never be
 shown in a status the rules below would not give it.
 """
 

@@ -1,6 +1,6 @@
 """The status vocabularies of VMs, tasks, steps and jobs.
 
-They are plain strings (stored as such in the database and shown as such by the CLI and the API),
+They are plain strings (stored as such in the database and shown as such by the CLI),
 gathered here so every layer spells them the same way.
 """
 

@@ -1,4 +1,5 @@
-"""Plain-data views of jobs, VMs and hosts: the stable JSON shapes of `--json` and (later) the API."""
+"""Plain-data views of jobs, VMs and hosts: the stable JSON shapes of `--json` (the web API will
+serve the same)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
         dict(
             session.execute(
                 select(Blocked.subject, Blocked.reason).where(
-                    Blocked.subject.in_([f"vm {vm_names.get(vm_id)}" for vm_id in waiting])
+                    Blocked.subject.in_(["engine", *(f"vm {vm_names.get(vm_id)}" for vm_id in waiting)])
                 )
             ).all()
         )
@@ -127,7 +128,11 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
                     "failures": t.failures,
                     "detail": t.detail,
                     # Why a queued task cannot run as things stand (the engine's scheduler says).
-                    "blocked": blocked.get(f"vm {vm_names.get(t.vm_id)}") if t.status == "queued" else None,
+                    "blocked": (
+                        blocked.get(f"vm {vm_names.get(t.vm_id)}") or blocked.get("engine")
+                        if t.status == "queued"
+                        else None
+                    ),
                     "started": _time(t.started),
                     "ended": _time(t.ended),
                 }
