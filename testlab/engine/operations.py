@@ -36,6 +36,7 @@ from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
 from testlab.hypervisor.base import HostUnreachable, HypervisorError
+from testlab.services.results import replace_task_results
 
 log = logging.getLogger("testlab.engine")
 
@@ -151,6 +152,9 @@ class Operations:
                 )
             except ArtifactsRefused as refused:
                 missing, failure = [], f"artifacts refused: {refused}"
+            cases, problems, summary = await asyncio.to_thread(files.read_reports, work)
+            if work.reports:
+                await self.db.write(replace_task_results, work.task_id, cases, problems)
             detail = _result_detail(state) + (
                 f"; no artifact matched {', '.join(missing)}" if missing else ""
             )
@@ -164,6 +168,7 @@ class Operations:
                 detail,
                 lost=state.lost,
                 failure=failure,
+                report=summary if work.reports else None,
             )
         except HostUnreachable as error:
             await self.db.write(record.host_error, work.vm.id, f"task {work.task_id}: {_describe(error)}")
@@ -252,7 +257,7 @@ class Operations:
     async def _collect(self, agent: AgentClient, work: TaskWork) -> list[str]:
         """Fetch the declared artifacts; returns the patterns that matched nothing."""
         missing: list[str] = []
-        if not work.artifacts:
+        if not work.artifacts and not work.reports:
             return missing
         target = work.output_dir / "artifacts"
         staging = Path(
@@ -261,14 +266,14 @@ class Operations:
             )
         )
         try:
-            for pattern in work.artifacts:
+            for pattern in dict.fromkeys([*work.artifacts, *work.reports]):
                 try:
                     found = await agent.download(f"{work.remote_dir}/{pattern}", staging)
                 except ProtocolError as error:
                     if (error.code or "").startswith("artifacts_"):
                         raise ArtifactsRefused(f"{pattern}: {error}") from None
                     raise
-                if not found:
+                if not found and pattern in work.artifacts:
                     missing.append(pattern)
             await asyncio.to_thread(files.move_tree, staging / work.remote_dir, target)
         finally:
