@@ -22,7 +22,7 @@ from testlab.hypervisor.base import (
     OperationFailed,
     OperationTimedOut,
 )
-from testlab.hypervisor.runner import OPERATIONS, CommandResult, CommandRunner
+from testlab.hypervisor.runner import OPERATIONS, CommandResult
 
 REQUIRED = ("power_on", "power_off", "state", "revert")
 
@@ -34,21 +34,24 @@ class CommandBackend(Backend):
     install profiles to report when no `list_snapshots` command is configured)."""
 
     kind = "command"
+    option_names = frozenset({"snapshots"})
+    command_operations = OPERATIONS
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(host, uri, options)
-        commands = self.options.get("commands")
-        if not isinstance(commands, Mapping):
+        if not self.runner.templates and not isinstance(self.options.get("commands"), Mapping):
             raise ValueError(
                 f"command backend of host {host!r} needs options.commands (operation -> command)"
             )
-        missing = [op for op in REQUIRED if not commands.get(op)]
+        missing = [op for op in REQUIRED if op not in self.runner]
         if missing:
             raise ValueError(f"command backend of host {host!r} lacks commands for: {', '.join(missing)}")
-        self.runner = CommandRunner(
-            host, commands, allowed=OPERATIONS, timeouts=self.options.get("timeouts"), kind=self.kind
-        )
+        snapshots = self.options.get("snapshots", [])
+        if not isinstance(snapshots, list | tuple) or not all(isinstance(s, str) and s for s in snapshots):
+            raise ValueError(f"command backend of host {host!r}: snapshots must be a list of names")
+        self.snapshots: list[str] = sorted(set(snapshots))
         self.commands = self.runner.templates
+        #: the commands' deadlines (seconds), defaults included
         self.timeouts = self.runner.timeouts
         self.last_results = self.runner.last_results
 
@@ -89,7 +92,7 @@ class CommandBackend(Backend):
             return sorted({line.strip() for line in result.output.splitlines() if line.strip()})
         if self.state(domain) == DomainState.MISSING:
             raise DomainMissing(f"domain {domain!r} does not exist", host=self.host, domain=domain)
-        return sorted(str(s) for s in self.options.get("snapshots") or [])
+        return list(self.snapshots)
 
     def create_snapshot(self, domain: str, name: str) -> None:
         self.run("create_snapshot", domain, name)

@@ -208,17 +208,21 @@ class LocalBackend(Backend):
 
     Options: `agent_script` (path of the agent server, default testlab's own), `spare_copies` (bool,
     default True: prepare the next revert's copy in the background), `boot_timeout` (seconds to wait
-    for the agent to answer, default 15).
+    for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
     """
 
     kind = "local"
+    option_names = frozenset({"agent_script", "spare_copies", "boot_timeout"})
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(host, uri, options)
         self.root = parse_local_uri(uri)
-        self.agent_script = Path(self.options.get("agent_script", AGENT_SCRIPT))
-        self.spare_copies = bool(self.options.get("spare_copies", True))
-        self.boot_timeout = float(self.options.get("boot_timeout", 15.0))
+        script = self.options.get("agent_script", AGENT_SCRIPT)
+        if not isinstance(script, str | os.PathLike):
+            raise ValueError(f"local backend of host {host!r}: option agent_script must be a path")
+        self.agent_script = Path(script)
+        self.spare_copies = self.bool_option("spare_copies", True)
+        self.boot_timeout = self.seconds_option("boot_timeout", self.options.get("boot_timeout", 15.0))
         self.copy_method = ""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
         self._thread_locks: dict[str, threading.Lock] = {}
