@@ -193,8 +193,14 @@ class Backend(abc.ABC):
     def health(self) -> HostHealth: ...
 
     def power_cycle(self) -> None:
-        """Power-cycle the whole host (IPMI, PDU...). Only backends with a configured command can."""
-        raise OperationFailed("no power-cycle command is configured for this host", host=self.host)
+        """Power-cycle the whole host with the lab file's `power_cycle` command (IPMI, a switched PDU):
+        the way back from a frozen hypervisor, which cannot power-cycle itself."""
+        if "power_cycle" not in self.runner:
+            raise OperationFailed(
+                f"no power-cycle command is configured for host {self.host!r} (commands: power_cycle)",
+                host=self.host,
+            )
+        self.runner.run("power_cycle")
 
     def agent_address(self, domain: str) -> AgentAddress | None:
         """Where the domain's agent listens, if the backend knows; else the VM's configured agent."""

@@ -97,9 +97,6 @@ class CommandBackend(Backend):
     def create_snapshot(self, domain: str, name: str) -> None:
         self.run("create_snapshot", domain, name)
 
-    def power_cycle(self) -> None:
-        self.run("power_cycle")
-
     def health(self) -> HostHealth:
         if "health" not in self.commands:
             return HostHealth(reachable=True, detail="no health command configured")

@@ -601,7 +601,11 @@ class LocalBackend(Backend):
         return sorted(p.name for p in self.root.iterdir() if (p / "agent.json").is_file())
 
     def power_cycle(self) -> None:
-        """Like pulling the plug of this machine: every running domain is powered off and on again."""
+        """The host's `power_cycle` command when the lab file gives one; otherwise like pulling the
+        plug of this machine: every running domain is powered off and on again."""
+        if "power_cycle" in self.runner:
+            super().power_cycle()
+            return
         for domain in self.domains():
             if self.state(domain) == DomainState.RUNNING:
                 self.power_off(domain)
