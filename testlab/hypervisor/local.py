@@ -275,9 +275,20 @@ class LocalBackend(Backend):
             raise OperationFailed(f"unreadable settings for {ddir.name!r}: {exc}", host=self.host) from exc
 
     def _write_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """Replace agent.json atomically; it holds the agent's token, so only its owner may read it."""
         tmp = ddir / f".agent.json.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-        os.replace(tmp, ddir / "agent.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a leftover of a killed writer may have had other modes
+            with os.fdopen(fd, "w") as f:
+                fd = -1
+                f.write(json.dumps(settings, indent=1, sort_keys=True))
+            os.replace(tmp, ddir / "agent.json")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     # ---- crash recovery
 

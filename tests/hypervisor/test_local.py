@@ -214,3 +214,20 @@ def test_power_cycle_restarts_running_domains(local_backend: LocalBackend) -> No
     assert local_backend.state("d1") == DomainState.RUNNING
     assert local_backend.state("d2") == DomainState.OFF
     assert agent_info(local_backend, "d1")["boot_id"] != before
+
+
+def test_the_files_holding_the_token_are_private(local_backend: LocalBackend) -> None:
+    ddir = local_backend.root / "d1"
+    private = {"agent.json": "0o600", "agent.token": "0o600"}
+
+    def modes() -> dict[str, str]:
+        return {name: oct((ddir / name).stat().st_mode & 0o777) for name in private}
+
+    assert modes() == private  # as created by ensure_domain
+    local_backend.power_on("d1")
+    assert modes() == private
+    local_backend.revert("d1", "clean")
+    assert modes() == private
+    local_backend.power_off("d1")
+    assert modes() == private
+    assert not [p.name for p in ddir.iterdir() if p.name.startswith(".agent.json.")]
