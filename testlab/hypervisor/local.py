@@ -61,6 +61,11 @@ AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "server.py"
 _RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the pid in its name
 _SPARE_PREFIX = ".spare-"  # a complete copy of a snapshot, ready to be swapped in
 _TRASH_PREFIX = ".trash-"  # an old disk or a stale copy, to delete
+_DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in its name, being emptied
+
+#: Free bytes below which an old disk is deleted before anything else is written: a task that filled
+#: its disk must not make the revert's own writes (settings, the agent's first files) fail.
+LOW_SPACE = 64 << 20
 
 
 def parse_local_uri(uri: str) -> Path:
@@ -275,7 +280,17 @@ class LocalBackend(Backend):
             raise OperationFailed(f"unreadable settings for {ddir.name!r}: {exc}", host=self.host) from exc
 
     def _write_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
-        """Replace agent.json atomically; it holds the agent's token, so only its owner may read it."""
+        """Replace agent.json atomically. A full filesystem first gets the domain's discarded disks
+        deleted (a background deletion may still hold the room), then one more try."""
+        try:
+            self._replace_settings(ddir, settings)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self._empty_trash(ddir):
+                raise
+            self._replace_settings(ddir, settings)
+
+    def _replace_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """agent.json holds the agent's token, so only its owner may read it."""
         tmp = ddir / f".agent.json.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -293,9 +308,11 @@ class LocalBackend(Backend):
     # ---- crash recovery
 
     def _cleanup_stale(self, ddir: Path) -> None:
-        """Finish what a killed process left: a disk swapped out but not moved in, copies, trash."""
+        """Finish what a killed process left: a disk swapped out but not moved in, a revert that threw
+        the old disk away but did not put the new one in place yet, copies, trash."""
         disk = ddir / "disk"
-        for entry in list(ddir.iterdir()):
+        entries = sorted(ddir.iterdir(), key=lambda e: not e.name.endswith(".ready"))
+        for entry in entries:
             name = entry.name
             if name.startswith(_RESTORE_PREFIX) and name.endswith(".ready"):
                 if not disk.exists():
@@ -309,7 +326,27 @@ class LocalBackend(Backend):
                         continue
                     self._discard(entry)
             elif name.startswith(_TRASH_PREFIX):
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
+        for entry in ddir.glob(f"{_DISCARDED_PREFIX}*"):
+            snapshot = entry.name[len(_DISCARDED_PREFIX) :]
+            source = ddir / "snapshots" / snapshot
+            if not disk.exists() and _NAME_RE.match(snapshot) and source.is_dir():
+                log.warning("finishing the interrupted revert of %s to %s", ddir.name, snapshot)
+                _empty_dir(entry)
+                try:
+                    self._copy_into_place(ddir, source)
+                except (OSError, OperationFailed) as exc:  # the marker stays: power on refuses
+                    log.warning("the revert of %s to %s cannot be finished: %s", ddir.name, snapshot, exc)
+                    continue
+            self._discard(entry)
+
+    def _empty_trash(self, ddir: Path) -> bool:
+        """Delete the domain's discarded disks now; True if there was any."""
+        found = False
+        for entry in ddir.glob(f"{_TRASH_PREFIX}*"):
+            found = True
+            remove_tree(entry)
+        return found
 
     def _copy_in_flight(self, path: Path) -> bool:
         return str(path) in _in_flight
@@ -318,7 +355,7 @@ class LocalBackend(Backend):
         trash = path.with_name(f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         with contextlib.suppress(FileNotFoundError):
             os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
 
     # ---- state
 
@@ -363,7 +400,16 @@ class LocalBackend(Backend):
         self._stop_strays(ddir)
         settings = self._read_settings(ddir)
         token_file = ddir / "agent.token"
-        (ddir / "disk").mkdir(exist_ok=True)
+        if not (ddir / "disk").exists():
+            interrupted = [p.name[len(_DISCARDED_PREFIX) :] for p in ddir.glob(f"{_DISCARDED_PREFIX}*")]
+            if interrupted:
+                raise OperationFailed(
+                    f"domain {ddir.name!r} has no disk: its revert to {interrupted[0]!r} could not be "
+                    "finished; revert it again",
+                    host=self.host,
+                    domain=ddir.name,
+                )
+            (ddir / "disk").mkdir()
         last_error = ""
         for _attempt in range(3):  # another process may grab the free port before the agent binds it
             port = _free_port()
@@ -394,7 +440,7 @@ class LocalBackend(Backend):
                 start_time=stat[3] if stat else None,
                 boots=int(settings.get("boots", 0)) + 1,
             )
-            self._write_settings(ddir, settings)
+            self._record_or_kill(ddir, settings)
             boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
             if boot_id:
                 settings["boot_id"] = boot_id
@@ -406,6 +452,16 @@ class LocalBackend(Backend):
             host=self.host,
             domain=ddir.name,
         )
+
+    def _record_or_kill(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """Record a started agent; one that cannot be recorded is killed at once, not left running."""
+        try:
+            self._write_settings(ddir, settings)
+        except OSError as exc:
+            self._stop_strays(ddir)
+            raise OperationFailed(
+                f"cannot record the agent of {ddir.name!r}: {exc}", host=self.host, domain=ddir.name
+            ) from exc
 
     def _wait_for_agent(self, proc: subprocess.Popen[bytes], port: int, token: str) -> tuple[str, str]:
         """Poll GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not)."""
@@ -428,15 +484,27 @@ class LocalBackend(Backend):
         return "", f"no answer within {self.boot_timeout:g} s ({error})"
 
     def _stop_agent(self, ddir: Path) -> None:
+        """Kill the domain's processes, then drop their record. A record that cannot be written (a task
+        filled the filesystem) is left: pids are checked with their start time, so it reads as off."""
+        settings = self._kill_domain(ddir)
+        if settings.get("pid") or settings.get("port"):
+            for key in ("pid", "start_time", "port", "boot_id"):
+                settings.pop(key, None)
+            try:
+                self._write_settings(ddir, settings)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                log.warning("%s is off; its record is stale until there is room again (%s)", ddir.name, exc)
+
+    def _kill_domain(self, ddir: Path) -> dict[str, Any]:
+        """Kill every process of the domain, writing nothing; returns its settings."""
         settings = self._read_settings(ddir)
         pid, start = settings.get("pid"), settings.get("start_time")
         if pid and start is not None and _alive(int(pid), int(start)):
             self._kill_agent(ddir, int(pid), int(start))
         self._stop_strays(ddir)
-        if settings.get("pid") or settings.get("port"):
-            for key in ("pid", "start_time", "port", "boot_id"):
-                settings.pop(key, None)
-            self._write_settings(ddir, settings)
+        return settings
 
     def _stop_strays(self, ddir: Path) -> None:
         """Kill agents of this domain that no record points to (their starter was killed mid-way)."""
@@ -497,7 +565,7 @@ class LocalBackend(Backend):
             os.rename(partial, target)
         finally:
             if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+                remove_tree(partial)
 
     def ensure_domain(self, domain: str, snapshot: str) -> None:
         """Create what is missing: the domain (empty disk) and the snapshot (of the current disk)."""
@@ -523,6 +591,14 @@ class LocalBackend(Backend):
     # ---- revert
 
     def revert(self, domain: str, snapshot: str) -> None:
+        """Power off, throw the old disk away, put a copy of the snapshot in its place, power on.
+
+        Nothing is written before the old disk is gone: a task may have filled the filesystem, and the
+        revert is what must bring the VM back. A spare copy is swapped in with the old disk in one
+        atomic exchange; without one, the old disk is emptied first (the copy needs its room) under a
+        name that says which snapshot is coming, so that the next operation finishes the revert if
+        this process is killed in between.
+        """
         ddir = self._existing(domain)
         source = self._snapshot_dir(ddir, domain, snapshot)
         with self._locked(ddir):
@@ -530,47 +606,72 @@ class LocalBackend(Backend):
                 raise SnapshotMissing(
                     f"domain {domain!r} has no snapshot {snapshot!r}", host=self.host, domain=domain
                 )
-            self._stop_agent(ddir)
-            old = self._swap_in(ddir, source, snapshot)
+            self._kill_domain(ddir)
+            swapped, old = self._swap_in_spare(ddir, snapshot)
+            if not swapped:
+                self._discard_then_copy(ddir, source, snapshot)
+            elif old is not None and _free_bytes(ddir) < LOW_SPACE:
+                remove_tree(old)
             self._start_agent(ddir)
         if old is not None:
-            self._later(shutil.rmtree, old, True)
+            self._later(remove_tree, old)
         if self.spare_copies:
             self._later(self._prepare_spare, ddir, source, snapshot)
 
-    def _swap_in(self, ddir: Path, source: Path, snapshot: str) -> Path | None:
-        """Put a fresh copy of `source` at disk/ atomically; return the old disk's new name."""
+    def _swap_in_spare(self, ddir: Path, snapshot: str) -> tuple[bool, Path | None]:
+        """Put the spare copy of `snapshot` at disk/ atomically, if there is one: (swapped, the old
+        disk's new name)."""
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
         fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.rename(spare, fresh)
         except FileNotFoundError:
-            _in_flight.add(str(fresh))
-            try:
-                self.copy_method = copy_tree(source, fresh)
-            except BaseException:
-                shutil.rmtree(fresh, ignore_errors=True)
-                raise
-            finally:
-                _in_flight.discard(str(fresh))
+            return False, None
         disk = ddir / "disk"
         trash = ddir / f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         if not disk.exists():
             os.rename(fresh, disk)
-            return None
+            return True, None
         if exchange_paths(fresh, disk):
             os.rename(fresh, trash)
-            return trash
+            return True, trash
         # No atomic exchange: the ".ready" name marks a complete copy that recovery moves into place.
         ready = fresh.with_name(fresh.name + ".ready")
         os.rename(fresh, ready)
         os.rename(disk, trash)
         os.rename(ready, disk)
-        return trash
+        return True, trash
+
+    def _discard_then_copy(self, ddir: Path, source: Path, snapshot: str) -> None:
+        disk = ddir / "disk"
+        discarded = ddir / f"{_DISCARDED_PREFIX}{snapshot}"
+        if disk.exists():
+            os.rename(disk, discarded)  # a rename needs no room
+            _empty_dir(discarded)
+        else:
+            discarded.mkdir(exist_ok=True)
+        self._copy_into_place(ddir, source)
+        discarded.rmdir()
+
+    def _copy_into_place(self, ddir: Path, source: Path) -> None:
+        """Copy `source` next to the missing disk/ and rename it into place: never a partial disk."""
+        fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        _in_flight.add(str(fresh))
+        try:
+            self.copy_method = copy_tree(source, fresh)
+            os.rename(fresh, ddir / "disk")
+        except BaseException:
+            remove_tree(fresh)
+            raise
+        finally:
+            _in_flight.discard(str(fresh))
 
     def _prepare_spare(self, ddir: Path, source: Path, snapshot: str) -> None:
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
         if spare.exists() or not source.is_dir():
+            return
+        if _free_bytes(ddir) < LOW_SPACE:  # the spare must not take the room the next task needs
+            log.info("no spare copy of %s/%s: the filesystem is nearly full", ddir.name, snapshot)
             return
         partial = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         _in_flight.add(str(partial))
@@ -582,7 +683,7 @@ class LocalBackend(Backend):
         finally:
             _in_flight.discard(str(partial))
             if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+                remove_tree(partial)
 
     def _later(self, fn: Any, *args: Any) -> None:
         try:
@@ -628,6 +729,41 @@ class LocalBackend(Backend):
 
 # Copies being written by this process; recovery must not delete them under the writer's feet.
 _in_flight: set[str] = set()
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree whatever a task did to its modes: a directory it made read-only must not keep a
+    discarded disk's space taken for good."""
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path) or os.path.islink(path):
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for dirpath, dirnames, _ in os.walk(path):  # top down: a directory is opened before it is entered
+        for name in dirnames:
+            child = os.path.join(dirpath, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _empty_dir(path: Path) -> None:
+    """Delete what a directory holds, keeping the directory itself (its name is a record)."""
+    for entry in list(path.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def _pid_exists(pid: int) -> bool:

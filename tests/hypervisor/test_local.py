@@ -166,7 +166,7 @@ while True:
 
 
 @pytest.mark.slow
-def test_revert_killed_at_random_moments_leaves_old_or_new_disk(tmp_path: Path) -> None:
+def test_revert_killed_at_random_moments_never_leaves_a_partial_disk(tmp_path: Path) -> None:
     backend = make_local(tmp_path)
     try:
         disk = backend.root / "d1" / "disk"
@@ -189,13 +189,22 @@ def test_revert_killed_at_random_moments_leaves_old_or_new_disk(tmp_path: Path) 
             time.sleep(rng.uniform(0.0, 0.6))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            assert manifest(disk) in valid, f"half-reverted disk after kill #{i}"
-            backend.power_off("d1")  # also recovers: stray agents and copies of the dead process go
+            # The old disk, the new one, or none yet with a record of the snapshot it is going to.
+            discarded = [p.name for p in (backend.root / "d1").glob(".discarded-*")]
+            if disk.exists():
+                assert manifest(disk) in valid, f"half-reverted disk after kill #{i}"
+            else:
+                assert discarded in ([".discarded-a"], [".discarded-b"]), f"no disk after kill #{i}"
+            backend.power_off("d1")  # also recovers: stray agents, copies of the dead process, revert
             leftovers = [
-                p.name for p in (backend.root / "d1").iterdir() if p.name.startswith((".restore", ".trash"))
+                p.name
+                for p in (backend.root / "d1").iterdir()
+                if p.name.startswith((".restore", ".trash", ".discarded"))
             ]
             assert leftovers == []
             assert manifest(disk) in valid
+            if discarded:  # the interrupted revert was finished
+                assert manifest(disk) == valid[0 if discarded == [".discarded-a"] else 1]
         backend.revert("d1", "a")
         assert manifest(disk) == valid[0]
     finally:
@@ -231,3 +240,17 @@ def test_the_files_holding_the_token_are_private(local_backend: LocalBackend) ->
     local_backend.power_off("d1")
     assert modes() == private
     assert not [p.name for p in ddir.iterdir() if p.name.startswith(".agent.json.")]
+
+
+def test_an_interrupted_revert_is_finished_by_the_next_operation(local_backend: LocalBackend) -> None:
+    ddir = local_backend.root / "d1"
+    disk = ddir / "disk"
+    populate(disk)
+    local_backend.create_snapshot("d1", "base")
+    expected = manifest(disk)
+    (disk / "task-output.txt").write_text("dirty")
+    os.rename(disk, ddir / ".discarded-base")  # a revert killed right after throwing the old disk away
+    local_backend.power_on("d1")
+    assert manifest(disk) == expected
+    assert not list(ddir.glob(".discarded-*"))
+    assert local_backend.state("d1") == DomainState.RUNNING
