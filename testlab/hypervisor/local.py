@@ -324,6 +324,9 @@ class LocalBackend(Backend):
                 if not (owner.isdigit() and int(owner) != os.getpid() and _pid_exists(int(owner))):
                     if owner.isdigit() and int(owner) == os.getpid() and self._copy_in_flight(entry):
                         continue
+                    # The copy of a killed process may still run (cp outlives its parent): it would
+                    # write the directory again after it is discarded.
+                    _kill_tree(_processes_using(str(entry)))
                     self._discard(entry)
             elif name.startswith(_TRASH_PREFIX):
                 remove_tree(entry)
