@@ -5,15 +5,22 @@ engine, the CLI, the tests and a restarted engine all see the same domains:
 
     DIR/<domain>/disk/               the agent's work dir (the VM's disk)
     DIR/<domain>/snapshots/<name>/   full copies of disk, immutable once created
-    DIR/<domain>/agent.json          token, and while powered on: port, pid, process start time
-    DIR/<domain>/agent.token         the token file handed to the agent
+    DIR/<domain>/agent.json          token, and while powered on: port, the sandbox's and the agent's
+                                     pids and process start times, boot id (mode 600)
+    DIR/<domain>/agent.token         the token file handed to the agent (mode 600)
     DIR/<domain>/agent.log           the agent's output
     DIR/<domain>/.lock               flock held for every state-changing operation
 
-A revert must be exact and crash safe: the snapshot is copied next to disk/ and swapped in with one
-atomic rename, so a process killed at any moment leaves the old disk or the new one, never a mix.
-To keep the copy off the revert's critical path, a spare copy of the last reverted snapshot is
-prepared in the background after each revert; the next revert swaps it in directly.
+A powered-on domain is a sandbox (sandbox.py): a PID namespace holding the agent and everything it
+starts, so that powering it off kills all of it, whatever its processes did to their sessions.
+
+A revert must be exact and crash safe: a spare copy of the snapshot is swapped in with one atomic
+rename, or the old disk is emptied first and a copy renamed into place, so a process killed at any
+moment leaves the old disk, the new one, or none with a record of the snapshot it was going to (the
+next operation finishes that revert), never a mix. Nothing is written before the old disk is gone: a
+task that filled the filesystem must not make its VM's revert fail. To keep the copy off the
+revert's critical path, a spare copy of the last reverted snapshot is prepared in the background
+after each revert.
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -43,6 +49,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from testlab.hypervisor import sandbox
 from testlab.hypervisor.base import (
     AgentAddress,
     Backend,
@@ -66,6 +73,9 @@ _DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in
 #: Free bytes below which an old disk is deleted before anything else is written: a task that filled
 #: its disk must not make the revert's own writes (settings, the agent's first files) fail.
 LOW_SPACE = 64 << 20
+
+#: What agent.json records of a powered-on domain, dropped at power off.
+_RUN_KEYS = ("pid", "start_time", "sandbox_pid", "sandbox_start", "port", "boot_id")
 
 
 def parse_local_uri(uri: str) -> Path:
@@ -153,14 +163,21 @@ def _alive(pid: int, start_time: int) -> bool:
     return st is not None and st[0] not in ("Z", "X") and st[3] == start_time
 
 
-def _descendants(root: int) -> list[int]:
-    """Every live process below `root`: the agent's commands run in sessions of their own."""
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = _proc_stat(int(entry))
             if st is not None:
                 children.setdefault(st[1], []).append(int(entry))
+    return children
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`. In a sandbox that is all of its processes: orphans are re-parented to
+    the sandbox's init, whatever they did to their sessions."""
+    children = _children()
     found: list[int] = []
     todo = [root]
     while todo:
@@ -171,7 +188,8 @@ def _descendants(root: int) -> list[int]:
 
 
 def _processes_using(path: str) -> list[int]:
-    """Processes whose command line mentions `path`: agents whose pid record was lost in a crash."""
+    """Processes whose command line mentions `path`: sandboxes whose record was lost in a crash, copies
+    of a killed process."""
     needle = os.fsencode(path)
     found = []
     for entry in os.listdir("/proc"):
@@ -187,6 +205,14 @@ def _processes_using(path: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _kill_tree(pids: list[int]) -> None:
     for pid in pids:
         for kill in (os.killpg, os.kill):
@@ -194,9 +220,39 @@ def _kill_tree(pids: list[int]) -> None:
                 kill(pid, signal.SIGKILL)
 
 
+def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """SIGKILL the processes (and their groups) and wait until they are gone; returns survivors.
+
+    Killing a sandbox's init makes the kernel kill the rest of its namespace, and the init is gone only
+    once the namespace is empty."""
+    started = {pid: st[3] for pid in pids if (st := _proc_stat(pid)) is not None}
+    _kill_tree(list(started))
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in started:
+            _reap(pid)
+        alive = [pid for pid, start in started.items() if _alive(pid, start)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.005)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _sandboxed_agent(sandbox_pid: int) -> tuple[int, int] | None:
+    """(pid, start time) of the agent of a sandbox: the child of its init with the init's command line
+    (it is a fork of it), or None."""
+    children = _children()
+    for init in children.get(sandbox_pid, []):
+        line = _cmdline(init)
+        for pid in children.get(init, []):
+            st = _proc_stat(pid)
+            if st is not None and line and _cmdline(pid) == line:
+                return pid, st[3]
+    return None
 
 
 def _free_port() -> int:
@@ -326,7 +382,7 @@ class LocalBackend(Backend):
                         continue
                     # The copy of a killed process may still run (cp outlives its parent): it would
                     # write the directory again after it is discarded.
-                    _kill_tree(_processes_using(str(entry)))
+                    _kill_and_wait(_processes_using(str(entry)))
                     self._discard(entry)
             elif name.startswith(_TRASH_PREFIX):
                 remove_tree(entry)
@@ -370,7 +426,10 @@ class LocalBackend(Backend):
             return DomainState.MISSING
         except (OSError, ValueError) as exc:
             raise OperationFailed(f"unreadable settings for {domain!r}: {exc}", host=self.host) from exc
+        # The agent once it answered; until then, its sandbox.
         pid, start = settings.get("pid"), settings.get("start_time")
+        if not pid:
+            pid, start = settings.get("sandbox_pid"), settings.get("sandbox_start")
         if pid and start is not None and _alive(int(pid), int(start)):
             return DomainState.RUNNING
         return DomainState.OFF
@@ -396,10 +455,17 @@ class LocalBackend(Backend):
             self._stop_agent(ddir)
 
     def _start_agent(self, ddir: Path) -> None:
+        """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
+
+        Records the sandbox as soon as it exists (a crash must not leave it unknown), then the agent's
+        own pid: the domain runs while the agent does."""
         if not self.agent_script.is_file():
             raise OperationFailed(
                 f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
             )
+        problem = sandbox.isolation_problem()
+        if problem is not None:
+            raise OperationFailed(problem, host=self.host, domain=ddir.name)
         self._stop_strays(ddir)
         settings = self._read_settings(ddir)
         token_file = ddir / "agent.token"
@@ -416,16 +482,17 @@ class LocalBackend(Backend):
         last_error = ""
         for _attempt in range(3):  # another process may grab the free port before the agent binds it
             port = _free_port()
-            argv = [
-                sys.executable,
-                str(self.agent_script),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--token-file",
-                str(token_file),
-                "--workdir",
-                str(ddir / "disk"),
-            ]
+            argv = sandbox.isolated_argv(
+                self.agent_script,
+                [
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--token-file",
+                    str(token_file),
+                    "--workdir",
+                    str(ddir / "disk"),
+                ],
+            )
             with open(ddir / "agent.log", "ab") as logf:
                 proc = subprocess.Popen(
                     argv,
@@ -437,18 +504,23 @@ class LocalBackend(Backend):
                     cwd=ddir,
                 )
             stat = _proc_stat(proc.pid)
+            for key in ("pid", "start_time", "boot_id"):
+                settings.pop(key, None)
             settings.update(
                 port=port,
-                pid=proc.pid,
-                start_time=stat[3] if stat else None,
+                sandbox_pid=proc.pid,
+                sandbox_start=stat[3] if stat else None,
                 boots=int(settings.get("boots", 0)) + 1,
             )
             self._record_or_kill(ddir, settings)
             boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
-            if boot_id:
-                settings["boot_id"] = boot_id
-                self._write_settings(ddir, settings)
+            agent = _sandboxed_agent(proc.pid) if boot_id else None
+            if agent is not None:
+                settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
+                self._record_or_kill(ddir, settings)
                 return
+            if boot_id:
+                last_error = "the agent answered but is not in its sandbox"
             self._stop_agent(ddir)
         raise OperationFailed(
             f"agent of {ddir.name!r} did not come up: {last_error} (see {ddir / 'agent.log'})",
@@ -490,8 +562,8 @@ class LocalBackend(Backend):
         """Kill the domain's processes, then drop their record. A record that cannot be written (a task
         filled the filesystem) is left: pids are checked with their start time, so it reads as off."""
         settings = self._kill_domain(ddir)
-        if settings.get("pid") or settings.get("port"):
-            for key in ("pid", "start_time", "port", "boot_id"):
+        if any(settings.get(key) for key in _RUN_KEYS):
+            for key in _RUN_KEYS:
                 settings.pop(key, None)
             try:
                 self._write_settings(ddir, settings)
@@ -501,47 +573,50 @@ class LocalBackend(Backend):
                 log.warning("%s is off; its record is stale until there is room again (%s)", ddir.name, exc)
 
     def _kill_domain(self, ddir: Path) -> dict[str, Any]:
-        """Kill every process of the domain, writing nothing; returns its settings."""
+        """Kill every process of the domain, writing nothing; returns its settings.
+
+        The sandbox and the agent as recorded, each with everything below it, then any stray."""
         settings = self._read_settings(ddir)
-        pid, start = settings.get("pid"), settings.get("start_time")
-        if pid and start is not None and _alive(int(pid), int(start)):
-            self._kill_agent(ddir, int(pid), int(start))
+        victims: list[int] = []
+        for pid_key, start_key in (("sandbox_pid", "sandbox_start"), ("pid", "start_time")):
+            pid, start = settings.get(pid_key), settings.get(start_key)
+            if pid and start is not None and _alive(int(pid), int(start)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGSTOP)  # it cannot start anything we would miss
+                victims += [int(pid), *_descendants(int(pid))]
+        if victims:
+            self._kill_all(ddir, victims)
         self._stop_strays(ddir)
         return settings
 
     def _stop_strays(self, ddir: Path) -> None:
-        """Kill agents of this domain that no record points to (their starter was killed mid-way)."""
+        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way)."""
         strays = _processes_using(str(ddir / "agent.token"))
         if strays:
             log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
-            _kill_tree([p for pid in strays for p in (pid, *_descendants(pid))])
-            for pid in strays:
-                _reap(pid)
+            self._kill_all(ddir, [p for pid in strays for p in (pid, *_descendants(pid))])
+
+    def _kill_all(self, ddir: Path, pids: list[int]) -> None:
+        survivors = _kill_and_wait(pids)
+        if survivors:
+            raise OperationFailed(
+                f"processes {', '.join(map(str, survivors))} of {ddir.name!r} survived SIGKILL",
+                host=self.host,
+                domain=ddir.name,
+            )
 
     def break_agent(self, domain: str, mode: str = "kill") -> None:
-        """Fault injection: kill the agent ("kill": the domain reads as off) or freeze it ("stop": the
+        """Fault injection: kill the domain ("kill": it reads as off) or freeze its agent ("stop": the
         domain reads as running but its agent never answers), leaving the records untouched."""
-        settings = self._read_settings(self._existing(domain))
+        ddir = self._existing(domain)
+        settings = self._read_settings(ddir)
         pid, start = settings.get("pid"), settings.get("start_time")
         if not (pid and start is not None and _alive(int(pid), int(start))):
             return
         if mode == "stop":
             os.kill(int(pid), signal.SIGSTOP)
         else:
-            self._kill_agent(self._domain_dir(domain), int(pid), int(start))
-
-    def _kill_agent(self, ddir: Path, pid: int, start: int) -> None:
-        """SIGKILL the agent and everything it started, and wait until it is really gone."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)  # a stopped agent cannot start commands we would miss
-        _kill_tree([pid, *_descendants(pid)])
-        deadline = time.monotonic() + 10
-        while _alive(pid, start) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.005)
-        _reap(pid)
-        if _alive(pid, start):
-            raise OperationFailed(f"agent {pid} of {ddir.name!r} survived SIGKILL", host=self.host)
+            self._kill_domain(ddir)
 
     # ---- snapshots
 
