@@ -57,8 +57,10 @@ from testlab.hypervisor.base import (
     DomainState,
     HostHealth,
     OperationFailed,
+    OperationTimedOut,
     SnapshotMissing,
 )
+from testlab.hypervisor.driver import DEFAULT_TIMEOUTS
 
 log = logging.getLogger("testlab.hypervisor.local")
 
@@ -120,20 +122,25 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def copy_tree(src: Path, dst: Path) -> str:
+def copy_tree(src: Path, dst: Path, timeout: float = DEFAULT_TIMEOUTS["revert"]) -> str:
     """Copy a tree preserving modes, times and symlinks, never sharing inodes with the source.
 
     Hard links would make a task writing a file in place corrupt the snapshot, so this is a real copy,
-    or a reflink (copy-on-write) where the filesystem can. Returns the method name for reports.
+    or a reflink (copy-on-write) where the filesystem can. A copy that overruns `timeout` seconds (a
+    hung filesystem) is killed: OperationTimedOut. Returns the method name for reports.
     """
     cp = shutil.which("cp")
     if cp:
-        proc = subprocess.run(
-            [cp, "-a", "--reflink=auto", "--no-target-directory", "--", str(src), str(dst)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-        )
+        try:
+            proc = subprocess.run(
+                [cp, "-a", "--reflink=auto", "--no-target-directory", "--", str(src), str(dst)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise OperationTimedOut(f"copying {src} overran {timeout:g} s") from None
         if proc.returncode != 0:
             raise OperationFailed(f"copying {src} failed: {proc.stderr.strip()[-500:]}")
         return "cp -a --reflink=auto"
@@ -394,7 +401,7 @@ class LocalBackend(Backend):
                 _empty_dir(entry)
                 try:
                     self._copy_into_place(ddir, source)
-                except (OSError, OperationFailed) as exc:  # the marker stays: power on refuses
+                except (OSError, OperationFailed, OperationTimedOut) as exc:  # the marker stays
                     log.warning("the revert of %s to %s cannot be finished: %s", ddir.name, snapshot, exc)
                     continue
             self._discard(entry)
@@ -639,7 +646,7 @@ class LocalBackend(Backend):
         target.parent.mkdir(exist_ok=True)
         partial = target.parent / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            self.copy_method = copy_tree(ddir / "disk", partial)
+            self.copy_method = copy_tree(ddir / "disk", partial, self._deadline("create_snapshot"))
             os.rename(partial, target)
         finally:
             if partial.exists():
@@ -736,7 +743,7 @@ class LocalBackend(Backend):
         fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         _in_flight.add(str(fresh))
         try:
-            self.copy_method = copy_tree(source, fresh)
+            self.copy_method = copy_tree(source, fresh, self._deadline("revert"))
             os.rename(fresh, ddir / "disk")
         except BaseException:
             remove_tree(fresh)
@@ -754,14 +761,18 @@ class LocalBackend(Backend):
         partial = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         _in_flight.add(str(partial))
         try:
-            copy_tree(source, partial)
+            copy_tree(source, partial, self._deadline("revert"))
             os.rename(partial, spare)
-        except (OSError, OperationFailed) as exc:
+        except (OSError, OperationFailed, OperationTimedOut) as exc:
             log.warning("preparing a spare copy of %s/%s failed: %s", ddir.name, snapshot, exc)
         finally:
             _in_flight.discard(str(partial))
             if partial.exists():
                 remove_tree(partial)
+
+    def _deadline(self, op: str) -> float:
+        """A copy never runs longer than the operation it is part of may take."""
+        return self.timeouts.get(op, DEFAULT_TIMEOUTS[op])
 
     def _later(self, fn: Any, *args: Any) -> None:
         try:

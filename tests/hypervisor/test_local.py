@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from testlab.hypervisor import open_backend
-from testlab.hypervisor.base import Backend, DomainState, OperationFailed
-from testlab.hypervisor.local import LocalBackend
+from testlab.hypervisor.base import Backend, DomainState, OperationFailed, OperationTimedOut
+from testlab.hypervisor.local import LocalBackend, copy_tree
 
 from .conftest import make_local, need_agent, shutdown
 
@@ -254,3 +254,16 @@ def test_an_interrupted_revert_is_finished_by_the_next_operation(local_backend: 
     assert manifest(disk) == expected
     assert not list(ddir.glob(".discarded-*"))
     assert local_backend.state("d1") == DomainState.RUNNING
+
+
+def test_a_hung_copy_is_killed_at_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cp").write_text("#!/bin/sh\nexec sleep 60\n")  # a copy stuck on a dead filesystem
+    (bin_dir / "cp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (tmp_path / "src").mkdir()
+    started = time.monotonic()
+    with pytest.raises(OperationTimedOut, match="overran 0.3 s"):
+        copy_tree(tmp_path / "src", tmp_path / "dst", timeout=0.3)
+    assert time.monotonic() - started < 5
