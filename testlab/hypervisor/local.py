@@ -587,7 +587,7 @@ class LocalBackend(Backend):
         victims: list[int] = []
         for pid_key, start_key in (("sandbox_pid", "sandbox_start"), ("pid", "start_time")):
             pid, start = settings.get(pid_key), settings.get(start_key)
-            if pid and start is not None and _alive(int(pid), int(start)):
+            if pid and int(pid) not in victims and start is not None and _alive(int(pid), int(start)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGSTOP)  # it cannot start anything we would miss
                 victims += [int(pid), *_descendants(int(pid))]
