@@ -13,15 +13,18 @@ more than the rest of a sandbox's boot. Standard library only, like the agent.
 Usage: python3 sandbox_init.py AGENT_SCRIPT [AGENT ARGUMENTS...]
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import signal
 import sys
+from typing import NoReturn
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def run_agent(script, args):
+def run_agent(script: str, args: list[str]) -> NoReturn:
     """In the child: run the agent script as `__main__`, as `python3 SCRIPT ARGS` would, then exit."""
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
@@ -50,7 +53,7 @@ def run_agent(script, args):
     os._exit(code)
 
 
-def main():
+def main() -> int:
     if len(sys.argv) < 2:
         sys.stderr.write("usage: sandbox_init.py AGENT_SCRIPT [ARGS...]\n")
         return 2
@@ -58,7 +61,7 @@ def main():
     if agent == 0:
         run_agent(sys.argv[1], sys.argv[2:])
 
-    def forward(signum, _frame):
+    def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(agent, signum)
 

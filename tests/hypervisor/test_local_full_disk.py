@@ -32,7 +32,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", str(mountpoint)], check=True, timeout=30)
+        if subprocess.run(["umount", str(mountpoint)], timeout=30).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mountpoint)], check=True, timeout=30)
+            raise AssertionError(f"{mountpoint} was still in use after the test")
 
 
 def fill(path: Path) -> None:
