@@ -77,7 +77,8 @@ class Operations:
         try:
             driver = self.connections.driver(vm.host)
             await self.fence()
-            await driver.revert(vm.domain, vm.snapshot, timeout=work.timeout)
+            timeout = self.connections.deadline(vm.host, "revert", work.timeout)
+            await driver.revert(vm.domain, vm.snapshot, timeout=timeout)
             agent = await self.connections.agent(vm)
             info = await agent.wait_until_up(timeout=self.options.agent_boot_timeout, not_boot_id=vm.boot_id)
             if work.sleep > 0:
@@ -95,7 +96,9 @@ class Operations:
         try:
             driver = self.connections.driver(vm.host)
             await self.fence()
-            await driver.power_off(vm.domain, timeout=work.timeout)
+            await driver.power_off(
+                vm.domain, timeout=self.connections.deadline(vm.host, "power_off", work.timeout)
+            )
             await self.db.write(self.outcomes.poweroff_done, vm.id)
         except HostUnreachable as error:
             await self.db.write(
