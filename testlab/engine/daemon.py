@@ -62,7 +62,7 @@ class Engine:
         self.operations = Operations(
             self.db, self.outcomes, self.connections, self.lease.ensure, self.disk.write_failed
         )
-        self.notifier = Notifier(settings, self.db)
+        self.notifier = Notifier(settings, self.db, self.options.notify_retry)
         self.inflight: dict[str, asyncio.Task] = {}  # VM name -> its operation
         self.inflight_work: dict[str, Any] = {}  # VM name -> what that operation does
         self.checking: dict[str, asyncio.Task] = {}  # host name -> its health check

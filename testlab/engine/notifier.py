@@ -23,9 +23,10 @@ IDLE_WAIT = 5.0  # seconds between looks at the outbox when nothing is due soon
 
 
 class Notifier:
-    def __init__(self, settings: Settings, db: EngineDatabase) -> None:
+    def __init__(self, settings: Settings, db: EngineDatabase, retry_base: float) -> None:
         self.settings = settings
         self.db = db
+        self.retry_base = retry_base
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -37,7 +38,9 @@ class Notifier:
                     for item, error in zip(batch, errors, strict=True):
                         if error is not None:
                             log.warning("%s to %s: %s (will retry)", item["channel"], item["target"], error)
-                        await self.db.write(outbox.record_attempt, item["id"], error)
+                        await self.db.write(
+                            outbox.record_attempt, item["id"], error, retry_base=self.retry_base
+                        )
                     continue
                 wait = await self.db.read(outbox.next_due)
                 self.wake.clear()

@@ -15,6 +15,7 @@ class EngineOptions:
     min_free_disk: int = 0  # bytes; a host below it gets no new reverts (0: off; the lab file may set it)
     engine_min_free_disk: int = 50 << 20  # bytes free in the data directory below which new work pauses
     max_log_bytes: int = 64 << 20  # a task's log keeps its last this many bytes; the cut is marked
+    notify_retry: float = 5.0  # seconds before a failed notification's second attempt; then doubling
     revert_timeout: float = 360.0  # seconds for a revert, agent included
     poweroff_timeout: float = 120.0
     agent_boot_timeout: float = 120.0  # seconds for the agent to answer after a revert

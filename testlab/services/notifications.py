@@ -158,7 +158,9 @@ def due(session: Session, limit: int = 20) -> list[dict[str, Any]]:
     return found
 
 
-def record_attempt(session: Session, delivery_id: str, error: str | None) -> None:
+def record_attempt(
+    session: Session, delivery_id: str, error: str | None, *, retry_base: float = RETRY_BASE
+) -> None:
     """After an attempt: delivered, or the next attempt after a growing delay, or given up."""
     row = session.get(Delivery, delivery_id)
     if row is None or row.status != "pending":
@@ -171,7 +173,7 @@ def record_attempt(session: Session, delivery_id: str, error: str | None) -> Non
     if row.attempts >= MAX_ATTEMPTS:
         row.status = "failed"
         return
-    delay = min(RETRY_BASE * 2 ** (row.attempts - 1), RETRY_CAP)
+    delay = min(retry_base * 2 ** (row.attempts - 1), RETRY_CAP)
     row.next_attempt = utcnow() + timedelta(seconds=delay)
 
 
