@@ -12,8 +12,12 @@ from sqlalchemy.orm import Session
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """How every view writes a time: ISO 8601, UTC, to the second."""
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+_time = iso_time
 
 
 def host_view(host: Host, vm_count: int = 0) -> dict[str, Any]:
