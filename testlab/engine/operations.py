@@ -36,6 +36,7 @@ from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
 from testlab.hypervisor.base import HostUnreachable, HypervisorError
+from testlab.metrics import operation_failed
 
 log = logging.getLogger("testlab.engine")
 
@@ -84,8 +85,10 @@ class Operations:
                 await asyncio.sleep(work.sleep)
             await self.db.write(self.outcomes.revert_done, vm.id, info.boot_id)
         except HostUnreachable as error:
+            operation_failed("revert", error)
             await self.db.write(self.outcomes.host_error, vm.id, f"revert of {vm.name}: {_describe(error)}")
         except (HypervisorError, AgentError) as error:
+            operation_failed("revert", error)
             log.warning("revert of %s failed: %s", vm.name, error)
             await self.db.write(self.outcomes.vm_error, vm.id, f"revert failed: {_describe(error)}")
 
@@ -97,10 +100,12 @@ class Operations:
             await driver.power_off(vm.domain, timeout=work.timeout)
             await self.db.write(self.outcomes.poweroff_done, vm.id)
         except HostUnreachable as error:
+            operation_failed("power_off", error)
             await self.db.write(
                 self.outcomes.host_error, vm.id, f"power off of {vm.name}: {_describe(error)}"
             )
         except HypervisorError as error:
+            operation_failed("power_off", error)
             await self.db.write(self.outcomes.vm_error, vm.id, f"power off failed: {_describe(error)}")
 
     async def monitor(self, work: MonitorWork) -> None:
@@ -120,6 +125,7 @@ class Operations:
                 self.outcomes.monitor_result, vm.id, True, f"reverted, agent {info.version} answered"
             )
         except (HypervisorError, AgentError) as error:
+            operation_failed("monitor", error)
             await self.db.write(self.outcomes.monitor_result, vm.id, False, _describe(error))
 
     async def check_host(self, work: HostCheck) -> None:
@@ -166,12 +172,16 @@ class Operations:
                 failure=failure,
             )
         except HostUnreachable as error:
+            operation_failed("task", error)
             await self.db.write(record.host_error, work.vm.id, f"task {work.task_id}: {_describe(error)}")
         except CommandUnknown as error:
+            operation_failed("task", error)
             await self.db.write(record.task_requeue, work.task_id, f"the VM lost the task: {error}")
         except AgentUnreachable as error:
+            operation_failed("task", error)
             await self.db.write(record.task_requeue, work.task_id, f"agent unreachable: {error}")
         except OSError as error:
+            operation_failed("task", error)
             # Agents and hypervisors never raise OSError here (their errors are typed): this is the
             # engine's own machine failing to write the task's files.
             full = error.errno in DISK_FULL_ERRORS
@@ -181,6 +191,7 @@ class Operations:
                 record.engine_problem, work.task_id, f"{_describe(error)}", count_try=not full
             )
         except (AgentError, HypervisorError, TransferTimedOut) as error:
+            operation_failed("task", error)
             await self.db.write(
                 record.task_requeue, work.task_id, f"infrastructure error: {_describe(error)}"
             )
