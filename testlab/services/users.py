@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import ApiToken, LoginFailure, User, WebSession, utcnow
-from testlab.services.errors import UserError
+from testlab.services.errors import NotFound, UserError
 from testlab.services.views import iso_time as _time
 
 # scrypt cost: about 50 ms and 16 MiB per check, so guessing is slow and a login is not.
@@ -50,7 +50,7 @@ def _check_name(name: str) -> None:
 def get_user(session: Session, name: str) -> User:
     user = session.scalars(select(User).where(User.name == name)).one_or_none()
     if user is None:
-        raise UserError(f"user {name}: no such user")
+        raise NotFound(f"user {name}: no such user")
     return user
 
 
