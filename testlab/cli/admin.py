@@ -8,6 +8,7 @@ import click
 
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
+from testlab.services import users as users_service
 from testlab.services import vms as vm_service
 from testlab.services.errors import UserError
 from testlab.services.users import add_user
@@ -181,3 +182,67 @@ def user() -> None:
 def user_add(name: str, admin: bool) -> None:
     """Create a user; prints its API token (shown only once)."""
     click.echo(write(lambda session: add_user(session, name, admin=admin)))
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_list(as_json: bool) -> None:
+    with database(readonly=True) as session:
+        users = users_service.list_users(session)
+    if as_json:
+        print_json(users)
+        return
+    print_table(None, ["user", "role", "password"], [(u["name"], u["role"], u["password"]) for u in users])
+
+
+@user.command("password")
+@click.argument("name")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from standard input.")
+def user_password(name: str, from_stdin: bool) -> None:
+    """Set the password NAME logs in to the web UI with (their browser sessions end)."""
+    if from_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    click.echo(write(lambda session: users_service.set_password(session, name, password)))
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for (shown in listings).")
+@click.option("--expires", help="Valid for this long (e.g. 90d, 12h); default: no end.")
+def user_token(name: str, label: str, expires: str | None) -> None:
+    """Create another API token for NAME; prints it (shown only once)."""
+    from testlab.domain.durations import parse_duration
+
+    try:
+        lifetime = parse_duration(expires) if expires else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--expires") from None
+    click.echo(write(lambda session: users_service.add_token(session, name, name=label, lifetime=lifetime)))
+
+
+@user.command("tokens")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_tokens(name: str, as_json: bool) -> None:
+    """NAME's API tokens (never the tokens themselves)."""
+    with database(readonly=True) as session:
+        tokens = users_service.list_tokens(session, name)
+    if as_json:
+        print_json(tokens)
+        return
+    print_table(
+        None,
+        ["id", "label", "created", "expires", "state"],
+        [(t["id"], t["name"], t["created"], t["expires"] or "never", t["state"]) for t in tokens],
+    )
+
+
+@user.command("revoke")
+@click.argument("name")
+@click.option("--token", "token_id", type=int, help="Only this token (an id from `user tokens`).")
+def user_revoke(name: str, token_id: int | None) -> None:
+    """Revoke NAME's API tokens (all of them, or one)."""
+    count = write(lambda session: users_service.revoke_tokens(session, name, token_id))
+    click.echo(f"user {name}: {count} token(s) revoked")

@@ -77,7 +77,11 @@ def _lanes(
 ) -> list[VMLane]:
     """Each VM's status over [since, now], from its status events (the status before the window is
     the first event's old status; a VM without events kept its current status)."""
-    query = select(VM.id, VM.name, VM.status, Host.name).join(Host, VM.host_id == Host.id).order_by(VM.name)
+    query = (
+        select(VM.id, VM.name, VM.status, Host.name)
+        .join(Host, VM.host_id == Host.id)
+        .order_by(Host.name, VM.name)
+    )
     if host_names is not None:
         query = query.where(Host.name.in_(host_names))
     vms = {vm_id: (name, status, host) for vm_id, name, status, host in session.execute(query)}
