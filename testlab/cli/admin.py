@@ -8,6 +8,7 @@ import click
 
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
+from testlab.cli.remote import client, server_option
 from testlab.services import users as users_service
 from testlab.services import vms as vm_service
 from testlab.services.errors import UserError
@@ -27,9 +28,13 @@ def vm() -> None:
 
 @vm.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def vm_list(as_json: bool) -> None:
-    with database(readonly=True) as session:
-        vms = list_vms(session)
+    if (remote := client()) is not None:
+        vms = remote.vms()
+    else:
+        with database(readonly=True) as session:
+            vms = list_vms(session)
     if as_json:
         print_json(vms)
         return
@@ -55,10 +60,14 @@ def vm_list(as_json: bool) -> None:
 @vm.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def vm_show(name: str, as_json: bool) -> None:
-    with database(readonly=True) as session:
-        row = vm_service.get_vm(session, name)
-        view = vm_view(row, row.host.name)
+    if (remote := client()) is not None:
+        view = remote.vm(name)
+    else:
+        with database(readonly=True) as session:
+            row = vm_service.get_vm(session, name)
+            view = vm_view(row, row.host.name)
     if as_json:
         print_json(view)
         return
@@ -77,11 +86,15 @@ def vm_show(name: str, as_json: bool) -> None:
 @click.option("--offline", "change", flag_value="offline", help="Mark offline: the monitor checks it.")
 @click.option("--enable", "change", flag_value="enable", help="Return an offline/maintenance VM to service.")
 @click.option("--abort", is_flag=True, help="With --maintenance: abort the running task (it is requeued).")
+@server_option
 def vm_set(name: str, change: str | None, abort: bool) -> None:
     if change is None:
         raise click.UsageError("give one of --maintenance, --no-maintenance, --offline, --enable")
     if abort and change != "maintenance":
         raise click.UsageError("--abort only goes with --maintenance")
+    if (remote := client()) is not None:
+        click.echo(remote.change_vm(name, change, abort))
+        return
     by = current_user()
     change_vm = {
         "maintenance": lambda s, vm: vm_service.request_maintenance(s, vm, abort=abort, by=by),
