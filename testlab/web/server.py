@@ -81,12 +81,13 @@ def serve(
         parts = [asyncio.create_task(server.serve(), name="web")]
         if engine is not None:
             parts.append(asyncio.create_task(engine.run(), name="engine"))
+        helpers = []
         if on_ready is not None:
-            parts.append(asyncio.create_task(_announce(server, on_ready, host, port)))
+            helpers.append(asyncio.create_task(_announce(server, on_ready, host, port)))
         try:
-            done, _ = await asyncio.wait(parts[:2], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
             stop()
-            await asyncio.gather(*parts, return_exceptions=True)
+            await asyncio.gather(*parts, *helpers, return_exceptions=True)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

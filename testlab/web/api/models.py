@@ -25,7 +25,7 @@ class Submitted(Shape):
     url: str
 
 
-class JobSummary(Shape):
+class JobBase(Shape):
     id: int
     name: str
     owner: str
@@ -34,7 +34,10 @@ class JobSummary(Shape):
     submitted: str | None
     started: str | None
     ended: str | None
-    tasks: dict[str, int] = {}
+
+
+class JobSummary(JobBase):
+    tasks: dict[str, int]  # task status -> count
 
 
 class JobPage(Shape):
@@ -68,7 +71,7 @@ class StepView(Shape):
     tasks: list[TaskView]
 
 
-class JobView(JobSummary):
+class JobView(JobBase):
     cancel_requested: bool
     steps: list[StepView]
 
