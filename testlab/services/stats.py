@@ -181,7 +181,7 @@ def statistics(session: Session, *, hours: float, buckets: int = 24) -> dict[str
         waits.append(max(0.0, (started - ready).total_seconds()))
 
     lanes = _lanes(session, since, now)
-    window = (now - since).total_seconds()
+    window = max(1.0, (now - since).total_seconds())
     reverts: list[float] = []
     vm_busy = []
     host_running: dict[str, float] = defaultdict(float)
@@ -200,7 +200,7 @@ def statistics(session: Session, *, hours: float, buckets: int = 24) -> dict[str
         for host, seconds in sorted(host_running.items())
     ]
 
-    step = window / buckets
+    step = window / max(1, buckets)
     errors: dict[str, list[int]] = {}
     error_rows = session.execute(
         select(Event.time, Event.reason, VM.name)

@@ -539,7 +539,7 @@ TIMELINE_WINDOWS = (0.25, 1, 3, 6, 12, 24, 72, 168)
 @router.get("/activity")
 def activity_page(
     request: Request,
-    hours: float = Query(6, gt=0, le=168),
+    hours: float = Query(6, ge=0.01, le=168),
     after: str | None = Query(None, max_length=100),
     who: Requester = Depends(reader),
 ) -> Response:

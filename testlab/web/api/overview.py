@@ -11,7 +11,7 @@ from testlab.web.context import web
 
 router = APIRouter(prefix="/api/v1", tags=["overview"], responses=PROBLEMS)
 
-Hours = Query(24.0, gt=0, le=24 * 31, description="The window: this many hours up to now")
+Hours = Query(24.0, ge=0.01, le=24 * 31, description="The window: this many hours up to now")
 
 
 @router.get("/whoami", response_model=WhoAmI, summary="The user the request is made as")
@@ -31,7 +31,7 @@ def stats(request: Request, hours: float = Hours, who: Requester = Depends(reade
 @router.get("/activity", summary="Each VM's status over time, with engine starts and host operations")
 def timeline(
     request: Request,
-    hours: float = Query(6.0, gt=0, le=24 * 7),
+    hours: float = Query(6.0, ge=0.01, le=24 * 7),
     host: list[str] | None = Query(None, description="Only these hosts"),
     who: Requester = Depends(reader),
 ) -> dict:
