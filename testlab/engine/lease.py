@@ -213,8 +213,10 @@ class LeaseKeeper:
     async def keep(self, on_lost: Callable[[LeaseLost], None]) -> None:
         """Renew every third of the TTL; after a failure, every half second until it works again."""
         failing_since: float | None = None
+        first = True  # renewed soon after the start, so health checks see the first round at once
         while True:
-            await asyncio.sleep(0.5 if failing_since is not None else self.ttl / 3)
+            await asyncio.sleep(0.5 if failing_since is not None or first else self.ttl / 3)
+            first = False
             try:
                 await self.confirm()
             except LeaseLost as error:

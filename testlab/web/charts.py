@@ -24,9 +24,9 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.rstrip("Z"))
 
 
-def _ticks(since: datetime, until: datetime) -> list[datetime]:
+def _ticks(since: datetime, until: datetime) -> tuple[list[datetime], str]:
     span = (until - since).total_seconds()
-    for step in (60, 300, 600, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400):
+    for step in (5, 10, 15, 30, 60, 300, 600, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400):
         if span / step <= 10:
             break
     first = datetime.fromtimestamp((since.timestamp() // step + 1) * step)
@@ -34,7 +34,7 @@ def _ticks(since: datetime, until: datetime) -> list[datetime]:
     while tick < until:
         ticks.append(tick)
         tick += timedelta(seconds=step)
-    return ticks
+    return ticks, "%H:%M:%S" if step < 60 else "%H:%M"
 
 
 def timeline(data: dict, width: int = 1160) -> Markup:
@@ -99,10 +99,11 @@ def timeline(data: dict, width: int = 1160) -> Markup:
             f"{text}<title>{escape(mark['time'])}: {escape(mark['reason'])}</title></g>"
         )
     axis = [f'<line class="axis" x1="{LABEL_WIDTH}" x2="{width - 10}" y1="{height}" y2="{height}"/>']
-    for tick in _ticks(since, until):
+    ticks, label = _ticks(since, until)
+    for tick in ticks:
         at = x(tick)
         axis.append(f'<line class="grid" x1="{at:.1f}" x2="{at:.1f}" y1="{AXIS}" y2="{height}"/>')
-        axis.append(f'<text class="tick" x="{at:.1f}" y="{height + 14}">{tick:%H:%M}</text>')
+        axis.append(f'<text class="tick" x="{at:.1f}" y="{height + 14}">{tick.strftime(label)}</text>')
     svg = (
         f'<svg class="timeline" viewBox="0 0 {width} {height + 20}" width="100%" role="img" '
         f'aria-label="activity timeline">{"".join(axis)}{"".join(parts)}</svg>'

@@ -42,6 +42,22 @@ function followLog(pre) {
 
 // ---------------------------------------------------------------------------------- job page
 
+// A log watched while its task ran stays under the task's row once it has ended.
+function keepWatchedLogs(body) {
+  for (const [task, entry] of logStreams) {
+    if (body.contains(entry.pre)) continue;
+    const row = body.querySelector(`tr.task-row[data-task="${CSS.escape(task)}"]`);
+    if (!row) continue;
+    const holder = document.createElement("tr");
+    holder.className = "live-row";
+    const cell = document.createElement("td");
+    cell.colSpan = row.children.length;
+    cell.append(entry.pre);
+    holder.append(cell);
+    row.after(holder);
+  }
+}
+
 function watchJob(root) {
   const id = root.dataset.job;
   let refreshing = false;
@@ -55,6 +71,7 @@ function watchJob(root) {
         const body = document.getElementById("job-body");
         body.innerHTML = await response.text();
         body.querySelectorAll("pre[data-log-task]").forEach(followLog);
+        keepWatchedLogs(body);
         wireForms(body);
       }
     } finally {
