@@ -22,9 +22,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests' throw-away PostgreSQL server
 
-from testlab.db.session import session_scope, upgrade  # noqa: E402
-from testlab.services.users import add_user  # noqa: E402
-from tests.support.postgres import PostgresServer, free_port  # noqa: E402
+from testlab.db.session import session_scope, upgrade
+from testlab.services.users import add_user
+from tests.support.postgres import PostgresServer, free_port
 
 HOSTS, VMS_PER_HOST = 10, 20
 JOBS, TASKS_PER_JOB = 100_000, 10
