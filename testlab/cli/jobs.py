@@ -80,19 +80,19 @@ def job_show(job_id: int, as_json: bool) -> None:
     if as_json:
         print_json(view)
         return
+    reference = ", a reference" if view["reference"] else ""
     print_table(
-        f"job {view['id']} {view['name']}: {view['status']} "
-        f"(priority {view['priority']}, by {view['owner']})",
-        ["step", "task", "vm", "status", "tries", "exit", "detail"],
+        f"job {view['id']} {view['name']}: {view['status']}, {view['results']['verdict']} "
+        f"(priority {view['priority']}, by {view['owner']}{reference})",
+        ["step", "task", "vm", "status", "tries", "result"],
         [
             (
                 step["name"],
-                task["number"],
+                task["id"],
                 task["vm"],
                 styled(task["status"]),
                 task["tries"],
-                task["exit_code"],
-                f"blocked: {task['blocked']}" if task["blocked"] else task["detail"],
+                f"blocked: {task['blocked']}" if task["blocked"] else task["result"],
             )
             for step in view["steps"]
             for task in step["tasks"]

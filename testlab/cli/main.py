@@ -10,7 +10,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from testlab.cli import admin, image, jobs, lab, run, sim, web
+from testlab.cli import admin, image, jobs, lab, notify, results, run, sim, web
 from testlab.db.session import Conflict, SchemaOutOfDate, upgrade
 from testlab.domain.errors import DefinitionError
 from testlab.hypervisor.base import HypervisorError
@@ -65,6 +65,8 @@ def _redact(url: str) -> str:
 
 lab.register(cli)
 jobs.register(cli)
+results.register(cli)
+notify.register(cli)
 admin.register(cli)
 run.register(cli)
 sim.register(cli)

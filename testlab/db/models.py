@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -109,6 +110,10 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(DateTime)
+    email: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # When the user hears of their own jobs' ends: never | failure | always. Administrators also get
+    # the lab's notices (VMs offline, hosts down) when they have an address.
+    notify_on: Mapped[str] = mapped_column(String(10), default="never", server_default="never")
     # For the login page; None: this user signs in with API tokens only. scrypt, salted.
     password_hash: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
@@ -172,6 +177,11 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="queued")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A reference job's test results are what later jobs' failures are compared with.
+    reference: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    notify: Mapped[dict] = mapped_column(
+        JSON, default=dict
+    )  # the job file's `notify:` (who hears of its end)
     submitted: Mapped[datetime] = mapped_column(DateTime)
     started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -202,6 +212,7 @@ class Step(Base):
     command: Mapped[str] = mapped_column(Text)
     files: Mapped[list] = mapped_column(JSON, default=list)
     artifacts: Mapped[list] = mapped_column(JSON, default=list)
+    reports: Mapped[list] = mapped_column(JSON, default=list)  # JUnit/TAP report patterns
     env: Mapped[dict] = mapped_column(JSON, default=dict)
     timeout: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20), default="queued")
@@ -283,6 +294,88 @@ class Event(Base):
         Index("ix_events_job_time", "job_id", "time"),
         {"sqlite_autoincrement": True},
     )
+
+
+class TestCaseResult(Base):
+    """One test case of one task's reports. `case_key` (a hash of suite and name) finds the same case
+    in the reference results without indexing long names."""
+
+    __tablename__ = "test_cases"
+    __test__ = False
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
+    suite: Mapped[str] = mapped_column(String(500))
+    name: Mapped[str] = mapped_column(String(1000))
+    case_key: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(10))  # passed | failed | skipped | error
+    message: Mapped[str] = mapped_column(Text, default="")
+    duration: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_test_cases_task_status", "task_id", "status"),)
+
+
+class ReportProblemRow(Base):
+    """A declared report that was missing or could not be read: a failure of its own kind."""
+
+    __tablename__ = "report_problems"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    file: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReferenceResult(Base):
+    """The latest reference results of one test case on one VM in one step, with the few before it
+    (`history`: [[job id, status], ...], oldest first, at most five) to tell a flaky case."""
+
+    __tablename__ = "reference_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id"))
+    step_name: Mapped[str] = mapped_column(String(100))
+    case_key: Mapped[str] = mapped_column(String(40))
+    history: Mapped[list] = mapped_column(JSON, default=list)
+
+    __table_args__ = (UniqueConstraint("vm_id", "step_name", "case_key"),)
+
+
+class Webhook(Base):
+    """A receiver of JSON notifications, each body signed with HMAC-SHA256 under its own secret."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    url: Mapped[str] = mapped_column(String(1000))
+    secret: Mapped[str] = mapped_column(String(200))
+    events: Mapped[str] = mapped_column(String(20), default="named")  # named | jobs | notices | all
+    created: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Delivery(Base):
+    """One notification to send: written in the same transaction as what it tells (never lost), sent
+    by the engine from this queue with retries (never blocking it), carrying its own id so a receiver
+    can drop a repeat (an engine killed between sending and recording it sends it again)."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(10))  # email | webhook
+    target: Mapped[str] = mapped_column(String(300))  # an address or a webhook's name
+    subject: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[datetime] = mapped_column(DateTime)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created: Mapped[datetime] = mapped_column(DateTime)
+    delivered: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
+
+    __table_args__ = (Index("ix_deliveries_due", "status", "next_attempt"),)
 
 
 class EngineLease(Base):

@@ -14,7 +14,7 @@ from pathlib import Path
 from testlab.agent.client import AgentClient
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import VMRef
-from testlab.hypervisor import HostConfig, open_host
+from testlab.hypervisor import HostConfig, host_driver, open_host
 from testlab.hypervisor.base import Backend, HostUnreachable, OperationFailed
 from testlab.hypervisor.driver import HostDriver
 
@@ -47,7 +47,7 @@ class Connections:
                 continue
             try:
                 token = Path(config.agent_token_file).read_text().strip() if config.agent_token_file else None
-                driver = HostDriver(_with_faults(open_host(config)))
+                driver = host_driver(_with_faults(open_host(config)))
             except (OSError, ValueError) as error:
                 problem = f"host {config.name}: {type(error).__name__}: {error}"
                 if self.problems.get(config.name) != problem:
@@ -59,6 +59,12 @@ class Connections:
             self.drivers[config.name] = driver
             self.tokens[config.name] = token
             self._configs[config.name] = config
+
+    def deadline(self, host: str, op: str, default: float) -> float:
+        """The host's own deadline for `op` when its lab definition sets one (a physical host's
+        30-minute reinstall), else the engine's default."""
+        driver = self.drivers.get(host)
+        return driver.backend.deadlines().get(op, default) if driver is not None else default
 
     def driver(self, host: str) -> HostDriver:
         driver = self.drivers.get(host)

@@ -31,6 +31,7 @@ from testlab.engine.database import EngineDatabase, describe_outage, is_database
 from testlab.engine.disk import EngineDisk
 from testlab.engine.dispatch import record_blocked, record_notice, record_plan
 from testlab.engine.lease import LeaseKeeper, LeaseLost
+from testlab.engine.notifier import Notifier
 from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
@@ -63,6 +64,7 @@ class Engine:
         self.operations = Operations(
             self.db, self.outcomes, self.connections, self.lease.ensure, self.disk.write_failed
         )
+        self.notifier = Notifier(settings, self.db)
         self.inflight: dict[str, asyncio.Task] = {}  # VM name -> its operation
         self.inflight_work: dict[str, Any] = {}  # VM name -> what that operation does
         self.checking: dict[str, asyncio.Task] = {}  # host name -> its health check
@@ -93,6 +95,7 @@ class Engine:
         self.db.epoch = await self.lease.acquire()
         log.info("engine %s holds the lease (epoch %s)", self.lease.holder, self.db.epoch)
         keeper = asyncio.create_task(self.lease.keep(self._fail))
+        notifier = asyncio.create_task(self._send_notifications())
         why = "engine started"
         try:
             while not self._stop.is_set():
@@ -110,6 +113,7 @@ class Engine:
             self.exit_code = 1
         finally:
             keeper.cancel()
+            notifier.cancel()
             await self._abandon_operations()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.connections.aclose(), SHUTDOWN_GRACE)
@@ -222,6 +226,18 @@ class Engine:
         self.killing.clear()
         self.checking.clear()
 
+    async def _send_notifications(self) -> None:
+        """The outbox's sender, beside the loop; a database outage or a lost lease is the loop's to
+        handle, and the sender starts again after it."""
+        while True:
+            try:
+                await self.notifier.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - reported to the loop, retried in a while
+                self._fail(error)
+                await asyncio.sleep(5)
+
     async def _watch_events(self) -> None:
         """The event history is the change feed: any new event (a job submitted, a VM set by an
         administrator, an operation's outcome) triggers a new planning round."""
@@ -233,6 +249,7 @@ class Engine:
             if last != self._last_event:
                 self._last_event = last
                 self._wake.set()
+                self.notifier.wake.set()
             await asyncio.sleep(self.options.poll_interval)
 
     # ------------------------------------------------------------------ one round

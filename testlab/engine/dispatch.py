@@ -168,6 +168,7 @@ def describe_task(
         files=tuple(step.files),
         artifact_dirs=artifact_dirs,
         artifacts=tuple(step.artifacts),
+        reports=tuple(step.reports or ()),
         output_dir=job_dir / "tasks" / str(task.id),
         remote_dir=f"task-{task.id}",
         deadline=started + task.timeout + options.task_margin,

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from testlab.engine.work import TaskWork
+from testlab.results import ReportProblem, ReportSummary, TestCase, collect_reports, partition, summarize
 
 ARTIFACT_STAGING_PREFIX = ".artifacts-"
 
@@ -108,3 +109,12 @@ class CappedLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def read_reports(work: TaskWork) -> tuple[list[TestCase], list[ReportProblem], ReportSummary]:
+    """Parse the task's reports from its collected artifacts: (cases, problems, their sum). A report
+    that is missing or unreadable is a problem of its own, never skipped."""
+    if not work.reports:
+        return [], [], summarize(())
+    cases, problems = partition(collect_reports(work.output_dir / "artifacts", work.reports))
+    return cases, problems, summarize([*cases, *problems])

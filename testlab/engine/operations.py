@@ -37,6 +37,7 @@ from testlab.engine.outcomes import Outcomes
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
 from testlab.hypervisor.base import HostUnreachable, HypervisorError
 from testlab.metrics import operation_failed
+from testlab.services.results import replace_task_results
 
 log = logging.getLogger("testlab.engine")
 
@@ -77,7 +78,8 @@ class Operations:
         try:
             driver = self.connections.driver(vm.host)
             await self.fence()
-            await driver.revert(vm.domain, vm.snapshot, timeout=work.timeout)
+            timeout = self.connections.deadline(vm.host, "revert", work.timeout)
+            await driver.revert(vm.domain, vm.snapshot, timeout=timeout)
             agent = await self.connections.agent(vm)
             info = await agent.wait_until_up(timeout=self.options.agent_boot_timeout, not_boot_id=vm.boot_id)
             if work.sleep > 0:
@@ -97,7 +99,9 @@ class Operations:
         try:
             driver = self.connections.driver(vm.host)
             await self.fence()
-            await driver.power_off(vm.domain, timeout=work.timeout)
+            await driver.power_off(
+                vm.domain, timeout=self.connections.deadline(vm.host, "power_off", work.timeout)
+            )
             await self.db.write(self.outcomes.poweroff_done, vm.id)
         except HostUnreachable as error:
             operation_failed("power_off", error)
@@ -157,6 +161,9 @@ class Operations:
                 )
             except ArtifactsRefused as refused:
                 missing, failure = [], f"artifacts refused: {refused}"
+            cases, problems, summary = await asyncio.to_thread(files.read_reports, work)
+            if work.reports:
+                await self.db.write(replace_task_results, work.task_id, cases, problems)
             detail = _result_detail(state) + (
                 f"; no artifact matched {', '.join(missing)}" if missing else ""
             )
@@ -170,6 +177,7 @@ class Operations:
                 detail,
                 lost=state.lost,
                 failure=failure,
+                report=summary if work.reports else None,
             )
         except HostUnreachable as error:
             operation_failed("task", error)
@@ -263,7 +271,7 @@ class Operations:
     async def _collect(self, agent: AgentClient, work: TaskWork) -> list[str]:
         """Fetch the declared artifacts; returns the patterns that matched nothing."""
         missing: list[str] = []
-        if not work.artifacts:
+        if not work.artifacts and not work.reports:
             return missing
         target = work.output_dir / "artifacts"
         staging = Path(
@@ -272,14 +280,14 @@ class Operations:
             )
         )
         try:
-            for pattern in work.artifacts:
+            for pattern in dict.fromkeys([*work.artifacts, *work.reports]):
                 try:
                     found = await agent.download(f"{work.remote_dir}/{pattern}", staging)
                 except ProtocolError as error:
                     if (error.code or "").startswith("artifacts_"):
                         raise ArtifactsRefused(f"{pattern}: {error}") from None
                     raise
-                if not found:
+                if not found and pattern in work.artifacts:
                     missing.append(pattern)
             await asyncio.to_thread(files.move_tree, staging / work.remote_dir, target)
         finally:

@@ -21,6 +21,8 @@ from testlab.config import Settings
 from testlab.db.models import VM, Host, Job, Task, utcnow
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
+from testlab.results import ReportSummary, status_after_exit
+from testlab.services.results import record_reference
 from testlab.services.tasks import requeue_task
 from testlab.services.transitions import (
     clear_operation,
@@ -173,13 +175,14 @@ class Outcomes:
         *,
         lost: bool = False,
         failure: str | None = None,
+        report: ReportSummary | None = None,
     ) -> None:
         """The command ended and its results are collected: the task has a result, the VM worked.
 
         A command the agent reports `lost` (its supervisor vanished: the machine rebooted or power-
         cycled under it, its disk surviving) is no result: the task is requeued with a try used and
         the VM charged. `failure` is a reason the task failed whatever its exit code (a bad artifact
-        set)."""
+        set). `report` sums the task's test reports: a failing case or a report problem fails it."""
         task = session.get(Task, task_id)
         if task.status != TaskStatus.RUNNING:
             return  # already recorded (a re-run of this transaction, or a watchdog got there first)
@@ -197,7 +200,7 @@ class Outcomes:
         if failure is not None:
             status, detail = TaskStatus.FAILED, f"{detail}; {failure}"
         elif state == "exited":
-            status = TaskStatus.COMPLETED if exit_code == 0 else TaskStatus.FAILED
+            status = status_after_exit(exit_code, report)
         elif state == "timeout":
             status = TaskStatus.TIMEOUT
         elif job.cancel_requested:
@@ -205,10 +208,17 @@ class Outcomes:
         else:
             status = TaskStatus.FAILED
         task.exit_code = exit_code
+        task.failures = report.failures if report is not None else None
+        if report is not None and report.total:
+            detail = f"{detail}; {report.failures} of {report.total} test cases failing"
+        if report is not None and report.problems:
+            detail = f"{detail}; report problems: {'; '.join(str(p) for p in report.problems[:3])}"
         task.detail = detail
         set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}")
         vm.errors = 0
         end_operation(session, vm, VMStatus.DIRTY, f"task {task.id} ended {status}", task=task)
+        if job.reference:
+            record_reference(session, job, task_ids=[task.id])
         roll_up_job(session, job)
 
     def task_requeue(

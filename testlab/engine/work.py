@@ -55,6 +55,7 @@ class TaskWork:
     files: tuple[str, ...]
     artifact_dirs: tuple[Path, ...]  # artifacts of the step this one depends on, uploaded as they lie
     artifacts: tuple[str, ...]
+    reports: tuple[str, ...]  # JUnit/TAP report patterns, collected with the artifacts and parsed
     output_dir: Path  # log and artifacts of this task
     remote_dir: str  # the task's directory in the agent's work dir
     deadline: float  # epoch seconds: the task's real start + its timeout + the engine's margin

@@ -18,7 +18,7 @@ from testlab.hypervisor.base import (
     OperationTimedOut,
     SnapshotMissing,
 )
-from testlab.hypervisor.driver import HostDriver
+from testlab.hypervisor.driver import HostDriver, host_driver
 from testlab.hypervisor.faults import FaultPlan, FaultRule, FaultyBackend
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "OperationFailed",
     "OperationTimedOut",
     "SnapshotMissing",
+    "host_driver",
     "open_backend",
     "open_host",
 ]

@@ -11,7 +11,26 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from testlab.hypervisor.runner import CommandRunner
+
+#: The operations of the interface; the keys of a host's `timeouts` option.
+OPERATIONS = (
+    "revert",
+    "state",
+    "power_on",
+    "power_off",
+    "list_snapshots",
+    "create_snapshot",
+    "health",
+    "power_cycle",
+    "agent_address",
+    "ensure_domain",
+)
+#: Seconds the driver waits beyond a command's own deadline, so the command's output reaches the error.
+COMMAND_DEADLINE_MARGIN = 10.0
 
 
 class DomainState(enum.StrEnum):
@@ -66,15 +85,89 @@ class OperationTimedOut(HypervisorError):
 
 
 class Backend(abc.ABC):
-    """Blocking operations on one host's domains. One instance per host; thread-safe."""
+    """Blocking operations on one host's domains. One instance per host; thread-safe.
+
+    `options` are the host's backend options from the lab file, with its `commands` (operation ->
+    shell command template). Every backend takes `commands` for the operations in
+    `command_operations` and `timeouts` (operation -> seconds, applied by the host's driver); a
+    subclass lists its own options in `option_names`. Anything else is refused with a ValueError at
+    once: a misspelt option silently ignored would only show when it matters.
+    """
 
     #: name used in lab files (`backend: local`)
     kind: str = ""
+    #: options of this backend besides `commands` and `timeouts`
+    option_names: frozenset[str] = frozenset()
+    #: operations a lab file may give a command for: a frozen hypervisor is power-cycled by its BMC
+    command_operations: tuple[str, ...] = ("power_cycle",)
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
+        from testlab.hypervisor.runner import CommandRunner  # the runner needs this module's errors
+
         self.host = host
         self.uri = uri
         self.options = dict(options or {})
+        known = {"commands", "timeouts", *self.option_names}
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise ValueError(
+                f"{self.kind or 'the'} backend of host {host!r}: unknown options {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        #: per-operation deadlines the lab file gives (seconds); the host's driver applies them
+        self.timeouts: dict[str, float] = self._timeouts_option()
+        self.runner: CommandRunner = CommandRunner(
+            host,
+            self.options.get("commands"),
+            allowed=self.command_operations,
+            timeouts=self.timeouts,
+            kind=self.kind,
+        )
+
+    def _timeouts_option(self) -> dict[str, float]:
+        value = self.options.get("timeouts")
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(
+                f"{self.kind} backend of host {self.host!r}: timeouts must map an operation to seconds"
+            )
+        unknown = sorted(set(value) - set(OPERATIONS))
+        if unknown:
+            raise ValueError(
+                f"{self.kind} backend of host {self.host!r}: timeouts for unknown operations "
+                f"{', '.join(map(str, unknown))} (known: {', '.join(OPERATIONS)})"
+            )
+        return {op: self.seconds_option(f"timeouts.{op}", seconds) for op, seconds in value.items()}
+
+    def seconds_option(self, name: str, value: Any) -> float:
+        """A positive duration: seconds, or text like "90s", "30m", "1h30m" (a ValueError says which
+        option of which host is wrong)."""
+        from testlab.domain.durations import parse_duration
+
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{self.kind} backend of host {self.host!r}: option {name}: {exc}") from None
+        if seconds <= 0:
+            raise ValueError(f"{self.kind} backend of host {self.host!r}: option {name} must be positive")
+        return seconds
+
+    def bool_option(self, name: str, default: bool) -> bool:
+        value = self.options.get(name, default)
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"{self.kind} backend of host {self.host!r}: option {name} must be true or false, "
+                f"not {value!r}"
+            )
+        return value
+
+    def deadlines(self) -> dict[str, float]:
+        """Per-operation deadlines for the host's driver: the lab file's `timeouts`, and for an operation
+        run by a command, a little more than the command's own deadline (the command is killed first
+        and its output reaches the error)."""
+        own = {op: self.runner.timeouts[op] + COMMAND_DEADLINE_MARGIN for op in self.runner.templates}
+        return {**self.timeouts, **own}
 
     @abc.abstractmethod
     def state(self, domain: str) -> DomainState: ...
@@ -100,8 +193,14 @@ class Backend(abc.ABC):
     def health(self) -> HostHealth: ...
 
     def power_cycle(self) -> None:
-        """Power-cycle the whole host (IPMI, PDU...). Only backends with a configured command can."""
-        raise OperationFailed("no power-cycle command is configured for this host", host=self.host)
+        """Power-cycle the whole host with the lab file's `power_cycle` command (IPMI, a switched PDU):
+        the way back from a frozen hypervisor, which cannot power-cycle itself."""
+        if "power_cycle" not in self.runner:
+            raise OperationFailed(
+                f"no power-cycle command is configured for host {self.host!r} (commands: power_cycle)",
+                host=self.host,
+            )
+        self.runner.run("power_cycle")
 
     def agent_address(self, domain: str) -> AgentAddress | None:
         """Where the domain's agent listens, if the backend knows; else the VM's configured agent."""

@@ -191,6 +191,14 @@ class HostDriver:
         await self.aclose()
 
 
+def host_driver(backend: Backend, *, max_workers: int = 4) -> HostDriver:
+    """The driver of a host, with the per-operation deadlines of its lab definition: the `timeouts`
+    option, and for operations done by a site command a deadline just past the command's own (a
+    30-minute reinstall must not be abandoned at the default 6 minutes). The backend checked the
+    options when it was built, so this cannot fail on them."""
+    return HostDriver(backend, max_workers=max_workers, timeouts=backend.deadlines())
+
+
 def _guarded(fn: Callable[..., T], *args: Any) -> T:
     """Turn stray exceptions into OperationFailed so the engine only has to know the typed errors."""
     try:

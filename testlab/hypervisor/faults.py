@@ -247,10 +247,18 @@ class FaultyBackend(Backend):
     """Wraps a Backend and applies a FaultPlan to its calls; the engine cannot tell the difference."""
 
     def __init__(self, inner: Backend, plan: FaultPlan) -> None:
-        super().__init__(inner.host, inner.uri, inner.options)
+        # Not Backend.__init__: the inner backend checked the options, and its runner is the one used.
+        self.host = inner.host
+        self.uri = inner.uri
+        self.options = inner.options
+        self.timeouts = inner.timeouts
+        self.runner = inner.runner
         self.inner = inner
         self.plan = plan
         self.kind = inner.kind
+
+    def deadlines(self) -> dict[str, float]:
+        return self.inner.deadlines()
 
     def _apply(self, op: str, domain: str | None, call: Callable[[], T], snapshot: str | None = None) -> T:
         fired = self.plan.matching(op, domain)

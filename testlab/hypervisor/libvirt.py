@@ -148,6 +148,7 @@ def _state_of(code: int) -> DomainState:
 
 class LibvirtBackend(Backend):
     kind = "libvirt"
+    option_names = frozenset({"shutdown_grace"})
 
     def __init__(self, host: str, uri: str, options: Any = None) -> None:
         super().__init__(host, uri, options)

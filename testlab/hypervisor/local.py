@@ -5,15 +5,22 @@ engine, the CLI, the tests and a restarted engine all see the same domains:
 
     DIR/<domain>/disk/               the agent's work dir (the VM's disk)
     DIR/<domain>/snapshots/<name>/   full copies of disk, immutable once created
-    DIR/<domain>/agent.json          token, and while powered on: port, pid, process start time
-    DIR/<domain>/agent.token         the token file handed to the agent
+    DIR/<domain>/agent.json          token, and while powered on: port, the sandbox's and the agent's
+                                     pids and process start times, boot id (mode 600)
+    DIR/<domain>/agent.token         the token file handed to the agent (mode 600)
     DIR/<domain>/agent.log           the agent's output
     DIR/<domain>/.lock               flock held for every state-changing operation
 
-A revert must be exact and crash safe: the snapshot is copied next to disk/ and swapped in with one
-atomic rename, so a process killed at any moment leaves the old disk or the new one, never a mix.
-To keep the copy off the revert's critical path, a spare copy of the last reverted snapshot is
-prepared in the background after each revert; the next revert swaps it in directly.
+A powered-on domain is a sandbox (sandbox.py): a PID namespace holding the agent and everything it
+starts, so that powering it off kills all of it, whatever its processes did to their sessions.
+
+A revert must be exact and crash safe: a spare copy of the snapshot is swapped in with one atomic
+rename, or the old disk is emptied first and a copy renamed into place, so a process killed at any
+moment leaves the old disk, the new one, or none with a record of the snapshot it was going to (the
+next operation finishes that revert), never a mix. Nothing is written before the old disk is gone: a
+task that filled the filesystem must not make its VM's revert fail. To keep the copy off the
+revert's critical path, a spare copy of the last reverted snapshot is prepared in the background
+after each revert.
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -43,6 +49,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from testlab.hypervisor import sandbox
 from testlab.hypervisor.base import (
     AgentAddress,
     Backend,
@@ -50,8 +57,10 @@ from testlab.hypervisor.base import (
     DomainState,
     HostHealth,
     OperationFailed,
+    OperationTimedOut,
     SnapshotMissing,
 )
+from testlab.hypervisor.driver import DEFAULT_TIMEOUTS
 
 log = logging.getLogger("testlab.hypervisor.local")
 
@@ -61,6 +70,14 @@ AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "server.py"
 _RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the pid in its name
 _SPARE_PREFIX = ".spare-"  # a complete copy of a snapshot, ready to be swapped in
 _TRASH_PREFIX = ".trash-"  # an old disk or a stale copy, to delete
+_DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in its name, being emptied
+
+#: Free bytes below which an old disk is deleted before anything else is written: a task that filled
+#: its disk must not make the revert's own writes (settings, the agent's first files) fail.
+LOW_SPACE = 64 << 20
+
+#: What agent.json records of a powered-on domain, dropped at power off.
+_RUN_KEYS = ("pid", "start_time", "sandbox_pid", "sandbox_start", "port", "boot_id")
 
 
 def parse_local_uri(uri: str) -> Path:
@@ -105,20 +122,25 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def copy_tree(src: Path, dst: Path) -> str:
+def copy_tree(src: Path, dst: Path, timeout: float = DEFAULT_TIMEOUTS["revert"]) -> str:
     """Copy a tree preserving modes, times and symlinks, never sharing inodes with the source.
 
     Hard links would make a task writing a file in place corrupt the snapshot, so this is a real copy,
-    or a reflink (copy-on-write) where the filesystem can. Returns the method name for reports.
+    or a reflink (copy-on-write) where the filesystem can. A copy that overruns `timeout` seconds (a
+    hung filesystem) is killed: OperationTimedOut. Returns the method name for reports.
     """
     cp = shutil.which("cp")
     if cp:
-        proc = subprocess.run(
-            [cp, "-a", "--reflink=auto", "--no-target-directory", "--", str(src), str(dst)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-        )
+        try:
+            proc = subprocess.run(
+                [cp, "-a", "--reflink=auto", "--no-target-directory", "--", str(src), str(dst)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise OperationTimedOut(f"copying {src} overran {timeout:g} s") from None
         if proc.returncode != 0:
             raise OperationFailed(f"copying {src} failed: {proc.stderr.strip()[-500:]}")
         return "cp -a --reflink=auto"
@@ -148,14 +170,21 @@ def _alive(pid: int, start_time: int) -> bool:
     return st is not None and st[0] not in ("Z", "X") and st[3] == start_time
 
 
-def _descendants(root: int) -> list[int]:
-    """Every live process below `root`: the agent's commands run in sessions of their own."""
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from one pass over /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = _proc_stat(int(entry))
             if st is not None:
                 children.setdefault(st[1], []).append(int(entry))
+    return children
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`. In a sandbox that is all of its processes: orphans are re-parented to
+    the sandbox's init, whatever they did to their sessions."""
+    children = _children()
     found: list[int] = []
     todo = [root]
     while todo:
@@ -166,7 +195,8 @@ def _descendants(root: int) -> list[int]:
 
 
 def _processes_using(path: str) -> list[int]:
-    """Processes whose command line mentions `path`: agents whose pid record was lost in a crash."""
+    """Processes whose command line mentions `path`: sandboxes whose record was lost in a crash, copies
+    of a killed process."""
     needle = os.fsencode(path)
     found = []
     for entry in os.listdir("/proc"):
@@ -182,6 +212,14 @@ def _processes_using(path: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _kill_tree(pids: list[int]) -> None:
     for pid in pids:
         for kill in (os.killpg, os.kill):
@@ -189,9 +227,39 @@ def _kill_tree(pids: list[int]) -> None:
                 kill(pid, signal.SIGKILL)
 
 
+def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """SIGKILL the processes (and their groups) and wait until they are gone; returns survivors.
+
+    Killing a sandbox's init makes the kernel kill the rest of its namespace, and the init is gone only
+    once the namespace is empty."""
+    started = {pid: st[3] for pid in pids if (st := _proc_stat(pid)) is not None}
+    _kill_tree(list(started))
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in started:
+            _reap(pid)
+        alive = [pid for pid, start in started.items() if _alive(pid, start)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.005)
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _sandboxed_agent(sandbox_pid: int) -> tuple[int, int] | None:
+    """(pid, start time) of the agent of a sandbox: the child of its init with the init's command line
+    (it is a fork of it), or None."""
+    children = _children()
+    for init in children.get(sandbox_pid, []):
+        line = _cmdline(init)
+        for pid in children.get(init, []):
+            st = _proc_stat(pid)
+            if st is not None and line and _cmdline(pid) == line:
+                return pid, st[3]
+    return None
 
 
 def _free_port() -> int:
@@ -208,17 +276,21 @@ class LocalBackend(Backend):
 
     Options: `agent_script` (path of the agent server, default testlab's own), `spare_copies` (bool,
     default True: prepare the next revert's copy in the background), `boot_timeout` (seconds to wait
-    for the agent to answer, default 15).
+    for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
     """
 
     kind = "local"
+    option_names = frozenset({"agent_script", "spare_copies", "boot_timeout"})
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(host, uri, options)
         self.root = parse_local_uri(uri)
-        self.agent_script = Path(self.options.get("agent_script", AGENT_SCRIPT))
-        self.spare_copies = bool(self.options.get("spare_copies", True))
-        self.boot_timeout = float(self.options.get("boot_timeout", 15.0))
+        script = self.options.get("agent_script", AGENT_SCRIPT)
+        if not isinstance(script, str | os.PathLike):
+            raise ValueError(f"local backend of host {host!r}: option agent_script must be a path")
+        self.agent_script = Path(script)
+        self.spare_copies = self.bool_option("spare_copies", True)
+        self.boot_timeout = self.seconds_option("boot_timeout", self.options.get("boot_timeout", 15.0))
         self.copy_method = ""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
         self._thread_locks: dict[str, threading.Lock] = {}
@@ -271,16 +343,39 @@ class LocalBackend(Backend):
             raise OperationFailed(f"unreadable settings for {ddir.name!r}: {exc}", host=self.host) from exc
 
     def _write_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """Replace agent.json atomically. A full filesystem first gets the domain's discarded disks
+        deleted (a background deletion may still hold the room), then one more try."""
+        try:
+            self._replace_settings(ddir, settings)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self._empty_trash(ddir):
+                raise
+            self._replace_settings(ddir, settings)
+
+    def _replace_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """agent.json holds the agent's token, so only its owner may read it."""
         tmp = ddir / f".agent.json.{os.getpid()}.{threading.get_ident()}"
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-        os.replace(tmp, ddir / "agent.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a leftover of a killed writer may have had other modes
+            with os.fdopen(fd, "w") as f:
+                fd = -1
+                f.write(json.dumps(settings, indent=1, sort_keys=True))
+            os.replace(tmp, ddir / "agent.json")
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     # ---- crash recovery
 
     def _cleanup_stale(self, ddir: Path) -> None:
-        """Finish what a killed process left: a disk swapped out but not moved in, copies, trash."""
+        """Finish what a killed process left: a disk swapped out but not moved in, a revert that threw
+        the old disk away but did not put the new one in place yet, copies, trash."""
         disk = ddir / "disk"
-        for entry in list(ddir.iterdir()):
+        entries = sorted(ddir.iterdir(), key=lambda e: not e.name.endswith(".ready"))
+        for entry in entries:
             name = entry.name
             if name.startswith(_RESTORE_PREFIX) and name.endswith(".ready"):
                 if not disk.exists():
@@ -292,9 +387,32 @@ class LocalBackend(Backend):
                 if not (owner.isdigit() and int(owner) != os.getpid() and _pid_exists(int(owner))):
                     if owner.isdigit() and int(owner) == os.getpid() and self._copy_in_flight(entry):
                         continue
+                    # The copy of a killed process may still run (cp outlives its parent): it would
+                    # write the directory again after it is discarded.
+                    _kill_and_wait(_processes_using(str(entry)))
                     self._discard(entry)
             elif name.startswith(_TRASH_PREFIX):
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(entry)
+        for entry in ddir.glob(f"{_DISCARDED_PREFIX}*"):
+            snapshot = entry.name[len(_DISCARDED_PREFIX) :]
+            source = ddir / "snapshots" / snapshot
+            if not disk.exists() and _NAME_RE.match(snapshot) and source.is_dir():
+                log.warning("finishing the interrupted revert of %s to %s", ddir.name, snapshot)
+                _empty_dir(entry)
+                try:
+                    self._copy_into_place(ddir, source)
+                except (OSError, OperationFailed, OperationTimedOut) as exc:  # the marker stays
+                    log.warning("the revert of %s to %s cannot be finished: %s", ddir.name, snapshot, exc)
+                    continue
+            self._discard(entry)
+
+    def _empty_trash(self, ddir: Path) -> bool:
+        """Delete the domain's discarded disks now; True if there was any."""
+        found = False
+        for entry in ddir.glob(f"{_TRASH_PREFIX}*"):
+            found = True
+            remove_tree(entry)
+        return found
 
     def _copy_in_flight(self, path: Path) -> bool:
         return str(path) in _in_flight
@@ -303,7 +421,7 @@ class LocalBackend(Backend):
         trash = path.with_name(f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         with contextlib.suppress(FileNotFoundError):
             os.rename(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_tree(trash)
 
     # ---- state
 
@@ -315,7 +433,10 @@ class LocalBackend(Backend):
             return DomainState.MISSING
         except (OSError, ValueError) as exc:
             raise OperationFailed(f"unreadable settings for {domain!r}: {exc}", host=self.host) from exc
+        # The agent once it answered; until then, its sandbox.
         pid, start = settings.get("pid"), settings.get("start_time")
+        if not pid:
+            pid, start = settings.get("sandbox_pid"), settings.get("sandbox_start")
         if pid and start is not None and _alive(int(pid), int(start)):
             return DomainState.RUNNING
         return DomainState.OFF
@@ -341,27 +462,44 @@ class LocalBackend(Backend):
             self._stop_agent(ddir)
 
     def _start_agent(self, ddir: Path) -> None:
+        """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
+
+        Records the sandbox as soon as it exists (a crash must not leave it unknown), then the agent's
+        own pid: the domain runs while the agent does."""
         if not self.agent_script.is_file():
             raise OperationFailed(
                 f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
             )
+        problem = sandbox.isolation_problem()
+        if problem is not None:
+            raise OperationFailed(problem, host=self.host, domain=ddir.name)
         self._stop_strays(ddir)
         settings = self._read_settings(ddir)
         token_file = ddir / "agent.token"
-        (ddir / "disk").mkdir(exist_ok=True)
+        if not (ddir / "disk").exists():
+            interrupted = [p.name[len(_DISCARDED_PREFIX) :] for p in ddir.glob(f"{_DISCARDED_PREFIX}*")]
+            if interrupted:
+                raise OperationFailed(
+                    f"domain {ddir.name!r} has no disk: its revert to {interrupted[0]!r} could not be "
+                    "finished; revert it again",
+                    host=self.host,
+                    domain=ddir.name,
+                )
+            (ddir / "disk").mkdir()
         last_error = ""
         for _attempt in range(3):  # another process may grab the free port before the agent binds it
             port = _free_port()
-            argv = [
-                sys.executable,
-                str(self.agent_script),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--token-file",
-                str(token_file),
-                "--workdir",
-                str(ddir / "disk"),
-            ]
+            argv = sandbox.isolated_argv(
+                self.agent_script,
+                [
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--token-file",
+                    str(token_file),
+                    "--workdir",
+                    str(ddir / "disk"),
+                ],
+            )
             with open(ddir / "agent.log", "ab") as logf:
                 proc = subprocess.Popen(
                     argv,
@@ -373,24 +511,39 @@ class LocalBackend(Backend):
                     cwd=ddir,
                 )
             stat = _proc_stat(proc.pid)
+            for key in ("pid", "start_time", "boot_id"):
+                settings.pop(key, None)
             settings.update(
                 port=port,
-                pid=proc.pid,
-                start_time=stat[3] if stat else None,
+                sandbox_pid=proc.pid,
+                sandbox_start=stat[3] if stat else None,
                 boots=int(settings.get("boots", 0)) + 1,
             )
-            self._write_settings(ddir, settings)
+            self._record_or_kill(ddir, settings)
             boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
-            if boot_id:
-                settings["boot_id"] = boot_id
-                self._write_settings(ddir, settings)
+            agent = _sandboxed_agent(proc.pid) if boot_id else None
+            if agent is not None:
+                settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
+                self._record_or_kill(ddir, settings)
                 return
+            if boot_id:
+                last_error = "the agent answered but is not in its sandbox"
             self._stop_agent(ddir)
         raise OperationFailed(
             f"agent of {ddir.name!r} did not come up: {last_error} (see {ddir / 'agent.log'})",
             host=self.host,
             domain=ddir.name,
         )
+
+    def _record_or_kill(self, ddir: Path, settings: Mapping[str, Any]) -> None:
+        """Record a started agent; one that cannot be recorded is killed at once, not left running."""
+        try:
+            self._write_settings(ddir, settings)
+        except OSError as exc:
+            self._stop_strays(ddir)
+            raise OperationFailed(
+                f"cannot record the agent of {ddir.name!r}: {exc}", host=self.host, domain=ddir.name
+            ) from exc
 
     def _wait_for_agent(self, proc: subprocess.Popen[bytes], port: int, token: str) -> tuple[str, str]:
         """Poll GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not)."""
@@ -413,49 +566,64 @@ class LocalBackend(Backend):
         return "", f"no answer within {self.boot_timeout:g} s ({error})"
 
     def _stop_agent(self, ddir: Path) -> None:
-        settings = self._read_settings(ddir)
-        pid, start = settings.get("pid"), settings.get("start_time")
-        if pid and start is not None and _alive(int(pid), int(start)):
-            self._kill_agent(ddir, int(pid), int(start))
-        self._stop_strays(ddir)
-        if settings.get("pid") or settings.get("port"):
-            for key in ("pid", "start_time", "port", "boot_id"):
+        """Kill the domain's processes, then drop their record. A record that cannot be written (a task
+        filled the filesystem) is left: pids are checked with their start time, so it reads as off."""
+        settings = self._kill_domain(ddir)
+        if any(settings.get(key) for key in _RUN_KEYS):
+            for key in _RUN_KEYS:
                 settings.pop(key, None)
-            self._write_settings(ddir, settings)
+            try:
+                self._write_settings(ddir, settings)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                log.warning("%s is off; its record is stale until there is room again (%s)", ddir.name, exc)
+
+    def _kill_domain(self, ddir: Path) -> dict[str, Any]:
+        """Kill every process of the domain, writing nothing; returns its settings.
+
+        The sandbox and the agent as recorded, each with everything below it, then any stray."""
+        settings = self._read_settings(ddir)
+        victims: list[int] = []
+        for pid_key, start_key in (("sandbox_pid", "sandbox_start"), ("pid", "start_time")):
+            pid, start = settings.get(pid_key), settings.get(start_key)
+            if pid and int(pid) not in victims and start is not None and _alive(int(pid), int(start)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGSTOP)  # it cannot start anything we would miss
+                victims += [int(pid), *_descendants(int(pid))]
+        if victims:
+            self._kill_all(ddir, victims)
+        self._stop_strays(ddir)
+        return settings
 
     def _stop_strays(self, ddir: Path) -> None:
-        """Kill agents of this domain that no record points to (their starter was killed mid-way)."""
+        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way)."""
         strays = _processes_using(str(ddir / "agent.token"))
         if strays:
             log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
-            _kill_tree([p for pid in strays for p in (pid, *_descendants(pid))])
-            for pid in strays:
-                _reap(pid)
+            self._kill_all(ddir, [p for pid in strays for p in (pid, *_descendants(pid))])
+
+    def _kill_all(self, ddir: Path, pids: list[int]) -> None:
+        survivors = _kill_and_wait(pids)
+        if survivors:
+            raise OperationFailed(
+                f"processes {', '.join(map(str, survivors))} of {ddir.name!r} survived SIGKILL",
+                host=self.host,
+                domain=ddir.name,
+            )
 
     def break_agent(self, domain: str, mode: str = "kill") -> None:
-        """Fault injection: kill the agent ("kill": the domain reads as off) or freeze it ("stop": the
+        """Fault injection: kill the domain ("kill": it reads as off) or freeze its agent ("stop": the
         domain reads as running but its agent never answers), leaving the records untouched."""
-        settings = self._read_settings(self._existing(domain))
+        ddir = self._existing(domain)
+        settings = self._read_settings(ddir)
         pid, start = settings.get("pid"), settings.get("start_time")
         if not (pid and start is not None and _alive(int(pid), int(start))):
             return
         if mode == "stop":
             os.kill(int(pid), signal.SIGSTOP)
         else:
-            self._kill_agent(self._domain_dir(domain), int(pid), int(start))
-
-    def _kill_agent(self, ddir: Path, pid: int, start: int) -> None:
-        """SIGKILL the agent and everything it started, and wait until it is really gone."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)  # a stopped agent cannot start commands we would miss
-        _kill_tree([pid, *_descendants(pid)])
-        deadline = time.monotonic() + 10
-        while _alive(pid, start) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.005)
-        _reap(pid)
-        if _alive(pid, start):
-            raise OperationFailed(f"agent {pid} of {ddir.name!r} survived SIGKILL", host=self.host)
+            self._kill_domain(ddir)
 
     # ---- snapshots
 
@@ -478,11 +646,11 @@ class LocalBackend(Backend):
         target.parent.mkdir(exist_ok=True)
         partial = target.parent / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            self.copy_method = copy_tree(ddir / "disk", partial)
+            self.copy_method = copy_tree(ddir / "disk", partial, self._deadline("create_snapshot"))
             os.rename(partial, target)
         finally:
             if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+                remove_tree(partial)
 
     def ensure_domain(self, domain: str, snapshot: str) -> None:
         """Create what is missing: the domain (empty disk) and the snapshot (of the current disk)."""
@@ -508,6 +676,14 @@ class LocalBackend(Backend):
     # ---- revert
 
     def revert(self, domain: str, snapshot: str) -> None:
+        """Power off, throw the old disk away, put a copy of the snapshot in its place, power on.
+
+        Nothing is written before the old disk is gone: a task may have filled the filesystem, and the
+        revert is what must bring the VM back. A spare copy is swapped in with the old disk in one
+        atomic exchange; without one, the old disk is emptied first (the copy needs its room) under a
+        name that says which snapshot is coming, so that the next operation finishes the revert if
+        this process is killed in between.
+        """
         ddir = self._existing(domain)
         source = self._snapshot_dir(ddir, domain, snapshot)
         with self._locked(ddir):
@@ -515,59 +691,88 @@ class LocalBackend(Backend):
                 raise SnapshotMissing(
                     f"domain {domain!r} has no snapshot {snapshot!r}", host=self.host, domain=domain
                 )
-            self._stop_agent(ddir)
-            old = self._swap_in(ddir, source, snapshot)
+            self._kill_domain(ddir)
+            swapped, old = self._swap_in_spare(ddir, snapshot)
+            if not swapped:
+                self._discard_then_copy(ddir, source, snapshot)
+            elif old is not None and _free_bytes(ddir) < LOW_SPACE:
+                remove_tree(old)
             self._start_agent(ddir)
         if old is not None:
-            self._later(shutil.rmtree, old, True)
+            self._later(remove_tree, old)
         if self.spare_copies:
             self._later(self._prepare_spare, ddir, source, snapshot)
 
-    def _swap_in(self, ddir: Path, source: Path, snapshot: str) -> Path | None:
-        """Put a fresh copy of `source` at disk/ atomically; return the old disk's new name."""
+    def _swap_in_spare(self, ddir: Path, snapshot: str) -> tuple[bool, Path | None]:
+        """Put the spare copy of `snapshot` at disk/ atomically, if there is one: (swapped, the old
+        disk's new name)."""
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
         fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.rename(spare, fresh)
         except FileNotFoundError:
-            _in_flight.add(str(fresh))
-            try:
-                self.copy_method = copy_tree(source, fresh)
-            except BaseException:
-                shutil.rmtree(fresh, ignore_errors=True)
-                raise
-            finally:
-                _in_flight.discard(str(fresh))
+            return False, None
         disk = ddir / "disk"
         trash = ddir / f"{_TRASH_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         if not disk.exists():
             os.rename(fresh, disk)
-            return None
+            return True, None
         if exchange_paths(fresh, disk):
             os.rename(fresh, trash)
-            return trash
+            return True, trash
         # No atomic exchange: the ".ready" name marks a complete copy that recovery moves into place.
         ready = fresh.with_name(fresh.name + ".ready")
         os.rename(fresh, ready)
         os.rename(disk, trash)
         os.rename(ready, disk)
-        return trash
+        return True, trash
+
+    def _discard_then_copy(self, ddir: Path, source: Path, snapshot: str) -> None:
+        disk = ddir / "disk"
+        discarded = ddir / f"{_DISCARDED_PREFIX}{snapshot}"
+        if disk.exists():
+            os.rename(disk, discarded)  # a rename needs no room
+            _empty_dir(discarded)
+        else:
+            discarded.mkdir(exist_ok=True)
+        self._copy_into_place(ddir, source)
+        discarded.rmdir()
+
+    def _copy_into_place(self, ddir: Path, source: Path) -> None:
+        """Copy `source` next to the missing disk/ and rename it into place: never a partial disk."""
+        fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        _in_flight.add(str(fresh))
+        try:
+            self.copy_method = copy_tree(source, fresh, self._deadline("revert"))
+            os.rename(fresh, ddir / "disk")
+        except BaseException:
+            remove_tree(fresh)
+            raise
+        finally:
+            _in_flight.discard(str(fresh))
 
     def _prepare_spare(self, ddir: Path, source: Path, snapshot: str) -> None:
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
         if spare.exists() or not source.is_dir():
             return
+        if _free_bytes(ddir) < LOW_SPACE:  # the spare must not take the room the next task needs
+            log.info("no spare copy of %s/%s: the filesystem is nearly full", ddir.name, snapshot)
+            return
         partial = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
         _in_flight.add(str(partial))
         try:
-            copy_tree(source, partial)
+            copy_tree(source, partial, self._deadline("revert"))
             os.rename(partial, spare)
-        except (OSError, OperationFailed) as exc:
+        except (OSError, OperationFailed, OperationTimedOut) as exc:
             log.warning("preparing a spare copy of %s/%s failed: %s", ddir.name, snapshot, exc)
         finally:
             _in_flight.discard(str(partial))
             if partial.exists():
-                shutil.rmtree(partial, ignore_errors=True)
+                remove_tree(partial)
+
+    def _deadline(self, op: str) -> float:
+        """A copy never runs longer than the operation it is part of may take."""
+        return self.timeouts.get(op, DEFAULT_TIMEOUTS[op])
 
     def _later(self, fn: Any, *args: Any) -> None:
         try:
@@ -597,7 +802,11 @@ class LocalBackend(Backend):
         return sorted(p.name for p in self.root.iterdir() if (p / "agent.json").is_file())
 
     def power_cycle(self) -> None:
-        """Like pulling the plug of this machine: every running domain is powered off and on again."""
+        """The host's `power_cycle` command when the lab file gives one; otherwise like pulling the
+        plug of this machine: every running domain is powered off and on again."""
+        if "power_cycle" in self.runner:
+            super().power_cycle()
+            return
         for domain in self.domains():
             if self.state(domain) == DomainState.RUNNING:
                 self.power_off(domain)
@@ -609,6 +818,41 @@ class LocalBackend(Backend):
 
 # Copies being written by this process; recovery must not delete them under the writer's feet.
 _in_flight: set[str] = set()
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a tree whatever a task did to its modes: a directory it made read-only must not keep a
+    discarded disk's space taken for good."""
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path) or os.path.islink(path):
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for dirpath, dirnames, _ in os.walk(path):  # top down: a directory is opened before it is entered
+        for name in dirnames:
+            child = os.path.join(dirpath, name)
+            if not os.path.islink(child):
+                with contextlib.suppress(OSError):
+                    os.chmod(child, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _empty_dir(path: Path) -> None:
+    """Delete what a directory holds, keeping the directory itself (its name is a record)."""
+    for entry in list(path.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
 
 
 def _pid_exists(pid: int) -> bool:

@@ -29,6 +29,7 @@ from testlab.db.session import after_commit, on_rollback
 from testlab.domain.jobfile import JobDef, TargetVM, resolve_targets
 from testlab.domain.statuses import TaskStatus, VMRole
 from testlab.services.errors import NotFound, UserError
+from testlab.services.results import clear_task_results
 from testlab.services.transitions import record_event, roll_up_job, set_task_status
 
 
@@ -221,6 +222,7 @@ def restart_job(session: Session, settings: Settings, job_id: int, *, now: datet
     now = now or utcnow()
     job.cancel_requested = False
     for task in session.scalars(select(Task).where(Task.job_id == job_id)):
+        clear_task_results(session, task.id)
         set_task_status(session, task, TaskStatus.QUEUED, "job restarted", now=now)
         task.tries = 0
         task.exit_code = task.failures = None

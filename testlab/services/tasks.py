@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from testlab.db.models import Job, Task
 from testlab.db.session import after_commit
 from testlab.domain.statuses import TaskStatus
+from testlab.services.results import clear_task_results
 from testlab.services.transitions import roll_up_job, set_task_status
 
 
@@ -21,6 +22,7 @@ def requeue_task(
     `canceled` if its job was. The caller sees to the VM, whose fault it may or may not be."""
     job = session.get(Job, task.job_id)
     after_commit(session, lambda: shutil.rmtree(output_dir, ignore_errors=True))
+    clear_task_results(session, task.id)
     if not count_try:
         task.tries = max(0, task.tries - 1)
     task.command_id = task.agent_url = task.boot_id = None

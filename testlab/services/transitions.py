@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
 from testlab.domain.rollup import rollup, timestamps
 from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.services.notifications import enqueue_job_end, enqueue_notice
 
 
 def record_event(
@@ -43,6 +44,8 @@ def record_event(
         actor=session.info.get("actor"),
     )
     session.add(event)
+    if kind == "notify":
+        enqueue_notice(session, event)
     return event
 
 
@@ -140,4 +143,6 @@ def _apply_rollup(session: Session, parent: Step | Job, new: str, job_id: int, n
         kind = "job" if isinstance(parent, Job) else "step"
         record_event(session, kind, f"{kind} {new}", job_id=job_id, old=parent.status, new=new, now=now)
         parent.status = new
+        if isinstance(parent, Job) and new in TaskStatus.FINAL:
+            enqueue_job_end(session, parent)
     parent.started, parent.ended = timestamps(new, started=parent.started, ended=parent.ended, now=now)

@@ -236,3 +236,22 @@ def session_identity(session: Session, secret: str) -> tuple[Identity, str] | No
 
 def close_session(session: Session, secret: str) -> None:
     session.execute(delete(WebSession).where(WebSession.secret_hash == hash_token(secret)))
+
+
+NOTIFY_ON = ("never", "failure", "always")
+
+
+def set_notifications(session: Session, name: str, *, email: str | None, notify_on: str | None) -> str:
+    """Where and when a user hears of their jobs' ends (and, for administrators, of the lab's notices)."""
+    user = session.scalars(select(User).where(User.name == name)).first()
+    if user is None:
+        raise UserError(f"user {name}: no such user")
+    if email is not None:
+        if email and (len(email) > 300 or "@" not in email or any(c.isspace() or ord(c) < 32 for c in email)):
+            raise UserError(f"e-mail address {email!r}: expected name@domain")
+        user.email = email or None
+    if notify_on is not None:
+        if notify_on not in NOTIFY_ON:
+            raise UserError(f"--on must be one of {', '.join(NOTIFY_ON)}")
+        user.notify_on = notify_on
+    return f"user {name}: e-mail {user.email or 'none'}, notified {user.notify_on}"

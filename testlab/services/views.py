@@ -10,6 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task
+from testlab.results import classify
+from testlab.services.results import job_verdict, task_problems
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -138,7 +140,20 @@ def task_counts(session: Session, job_ids: list[int]) -> dict[int, dict[str, int
     return counts
 
 
+def _verdict(task: Task, step: Step, problems) -> str:
+    return classify(
+        task.status,
+        exit_code=task.exit_code,
+        failures=task.failures,
+        problems=problems,
+        detail=task.detail,
+        timeout=step.timeout,
+    ).label
+
+
 def job_view(session: Session, job: Job) -> dict[str, Any]:
+    """The job with its steps and tasks; each task with its verdict (how it ended, in one line: see
+    testlab/results/classify.py), the job with its test verdict against the reference runs."""
     steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
     tasks = session.scalars(
         select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)
@@ -161,8 +176,19 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
         if waiting
         else {}
     )
+    problems = task_problems(session, job.id)
+    verdict = job_verdict(session, job)
     view = job_summary(job)
     view["cancel_requested"] = job.cancel_requested
+    view["reference"] = job.reference
+    view["results"] = {
+        "failures": verdict.failures,
+        "new": verdict.new,
+        "known": verdict.known,
+        "flaky": verdict.flaky,
+        "report_problems": verdict.problems,
+        "verdict": verdict.text,
+    }
     view["steps"] = [
         {
             "number": step.number,
@@ -183,6 +209,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
                     "exit_code": t.exit_code,
                     "failures": t.failures,
                     "detail": t.detail,
+                    "result": _verdict(t, step, problems.get(t.id, ())),
                     # Why a queued task cannot run as things stand (the engine's scheduler says).
                     "blocked": (
                         blocked.get(f"vm {vm_names.get(t.vm_id)}") or blocked.get("engine")

@@ -16,10 +16,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import VM, EngineLease, Host, Task, utcnow
+from testlab.db.models import VM, Delivery, EngineLease, Host, Task, utcnow
 from testlab.db.session import run_transaction
 from testlab.domain.statuses import TaskStatus
 from testlab.engine.lease import LEASE_ID
@@ -30,11 +30,9 @@ ENGINE_SILENT_AFTER = 60.0  # seconds without a planning round after which the e
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def notification_backlog(session: Session) -> int | None:
-    """Notifications waiting to be delivered, once the notification queue exists (None before)."""
-    if not inspect(session.connection()).has_table("deliveries"):
-        return None
-    return session.scalar(text("SELECT count(*) FROM deliveries WHERE delivered IS NULL"))
+def notification_backlog(session: Session) -> int:
+    """Notifications waiting to be delivered (the outbox's pending rows)."""
+    return session.scalar(select(func.count()).where(Delivery.status == "pending")) or 0
 
 
 def engine_state(session: Session) -> dict:
@@ -94,9 +92,8 @@ class LabCollector(Collector):
         if engine["last_round_age"] is not None:
             round_age.add_metric([], engine["last_round_age"])
             yield round_age
-        if pending is not None:
-            backlog.add_metric([], pending)
-            yield backlog
+        backlog.add_metric([], pending)
+        yield backlog
 
 
 def lab_registry(url: str) -> CollectorRegistry:

@@ -31,6 +31,7 @@ from testlab.services.errors import UserError
 from testlab.services.history import events_page, vm_history_before_task
 from testlab.services.jobs import cancel_job, get_job, restart_job
 from testlab.services.outputs import list_artifacts, log_path, log_size
+from testlab.services.results import job_results, ordered
 from testlab.services.stats import activity, statistics
 from testlab.services.views import host_view, job_view, list_jobs
 from testlab.web import charts
@@ -56,6 +57,7 @@ templates = Jinja2Templates(directory=str(Path(str(resources.files("testlab.web"
 
 JOBS_PER_PAGE = 50
 HOSTS_PER_PAGE = 12
+MAX_CASES = 200  # failing test cases shown on a job page, new ones first
 CHIPS_UP_TO = 40  # a job with more tasks shows counts by status instead of one chip per task
 FAILED = (TaskStatus.FAILED, TaskStatus.BOTERROR, TaskStatus.TIMEOUT)
 JobId = PathParam(ge=1, le=2**31 - 1)
@@ -326,7 +328,15 @@ def _job_page_data(session: Session, settings, job_id: int) -> dict:
     # New failures (test failures, then failed tasks) first: what needs a look comes first.
     failed.sort(key=lambda t: (-(t["failures"] or 0), t["status"] != TaskStatus.FAILED, t["id"]))
     events = events_page(session, job_id=job_id, limit=15)
-    return {"job": view, "failed": failed, "histories": histories, "outputs": outputs, "events": events}
+    cases = [c.as_dict() for c in ordered(job_results(session, job, failing_only=True))[:MAX_CASES]]
+    return {
+        "job": view,
+        "failed": failed,
+        "histories": histories,
+        "outputs": outputs,
+        "events": events,
+        "cases": cases,
+    }
 
 
 @router.get("/jobs/{job_id}")

@@ -84,7 +84,7 @@ def test_power_cycle_and_health(tmp_path: Path) -> None:
     assert backend.state("d1") == DomainState.RUNNING
     assert backend.health().free_disk_bytes == 123456789
     assert not backend_with(health="exit 1").health().reachable
-    with pytest.raises(OperationFailed, match="no power_cycle command"):
+    with pytest.raises(OperationFailed, match="no power-cycle command"):
         backend_with().power_cycle()
     assert backend.agent_address("d1") is None
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from testlab.hypervisor import open_backend
-from testlab.hypervisor.base import Backend, DomainState, OperationFailed
-from testlab.hypervisor.local import LocalBackend
+from testlab.hypervisor.base import Backend, DomainState, OperationFailed, OperationTimedOut
+from testlab.hypervisor.local import LocalBackend, copy_tree
 
 from .conftest import make_local, need_agent, shutdown
 
@@ -166,7 +166,7 @@ while True:
 
 
 @pytest.mark.slow
-def test_revert_killed_at_random_moments_leaves_old_or_new_disk(tmp_path: Path) -> None:
+def test_revert_killed_at_random_moments_never_leaves_a_partial_disk(tmp_path: Path) -> None:
     backend = make_local(tmp_path)
     try:
         disk = backend.root / "d1" / "disk"
@@ -189,13 +189,22 @@ def test_revert_killed_at_random_moments_leaves_old_or_new_disk(tmp_path: Path) 
             time.sleep(rng.uniform(0.0, 0.6))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            assert manifest(disk) in valid, f"half-reverted disk after kill #{i}"
-            backend.power_off("d1")  # also recovers: stray agents and copies of the dead process go
+            # The old disk, the new one, or none yet with a record of the snapshot it is going to.
+            discarded = [p.name for p in (backend.root / "d1").glob(".discarded-*")]
+            if disk.exists():
+                assert manifest(disk) in valid, f"half-reverted disk after kill #{i}"
+            else:
+                assert discarded in ([".discarded-a"], [".discarded-b"]), f"no disk after kill #{i}"
+            backend.power_off("d1")  # also recovers: stray agents, copies of the dead process, revert
             leftovers = [
-                p.name for p in (backend.root / "d1").iterdir() if p.name.startswith((".restore", ".trash"))
+                p.name
+                for p in (backend.root / "d1").iterdir()
+                if p.name.startswith((".restore", ".trash", ".discarded"))
             ]
             assert leftovers == []
             assert manifest(disk) in valid
+            if discarded:  # the interrupted revert was finished
+                assert manifest(disk) == valid[0 if discarded == [".discarded-a"] else 1]
         backend.revert("d1", "a")
         assert manifest(disk) == valid[0]
     finally:
@@ -214,3 +223,47 @@ def test_power_cycle_restarts_running_domains(local_backend: LocalBackend) -> No
     assert local_backend.state("d1") == DomainState.RUNNING
     assert local_backend.state("d2") == DomainState.OFF
     assert agent_info(local_backend, "d1")["boot_id"] != before
+
+
+def test_the_files_holding_the_token_are_private(local_backend: LocalBackend) -> None:
+    ddir = local_backend.root / "d1"
+    private = {"agent.json": "0o600", "agent.token": "0o600"}
+
+    def modes() -> dict[str, str]:
+        return {name: oct((ddir / name).stat().st_mode & 0o777) for name in private}
+
+    assert modes() == private  # as created by ensure_domain
+    local_backend.power_on("d1")
+    assert modes() == private
+    local_backend.revert("d1", "clean")
+    assert modes() == private
+    local_backend.power_off("d1")
+    assert modes() == private
+    assert not [p.name for p in ddir.iterdir() if p.name.startswith(".agent.json.")]
+
+
+def test_an_interrupted_revert_is_finished_by_the_next_operation(local_backend: LocalBackend) -> None:
+    ddir = local_backend.root / "d1"
+    disk = ddir / "disk"
+    populate(disk)
+    local_backend.create_snapshot("d1", "base")
+    expected = manifest(disk)
+    (disk / "task-output.txt").write_text("dirty")
+    os.rename(disk, ddir / ".discarded-base")  # a revert killed right after throwing the old disk away
+    local_backend.power_on("d1")
+    assert manifest(disk) == expected
+    assert not list(ddir.glob(".discarded-*"))
+    assert local_backend.state("d1") == DomainState.RUNNING
+
+
+def test_a_hung_copy_is_killed_at_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cp").write_text("#!/bin/sh\nexec sleep 60\n")  # a copy stuck on a dead filesystem
+    (bin_dir / "cp").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (tmp_path / "src").mkdir()
+    started = time.monotonic()
+    with pytest.raises(OperationTimedOut, match="overran 0.3 s"):
+        copy_tree(tmp_path / "src", tmp_path / "dst", timeout=0.3)
+    assert time.monotonic() - started < 5

@@ -19,6 +19,7 @@ from testlab.domain.statuses import TaskStatus
 from testlab.services.errors import UserError
 from testlab.services.history import events_page
 from testlab.services.jobs import cancel_job, get_job, restart_job, submit_job
+from testlab.services.results import job_results, ordered
 from testlab.services.views import job_view, list_jobs
 from testlab.web.api.models import PROBLEMS, EventPage, JobPage, JobView, Message, Submitted
 from testlab.web.auth import AuthProblem, Requester, reader, user
@@ -140,6 +141,22 @@ def restart(request: Request, job_id: int = JobId, who: Requester = Depends(user
     _owned(context, who, job_id)
     status = context.write(lambda s: restart_job(s, context.settings, job_id).status, by=who.name)
     return {"message": f"job {job_id} requeued", "status": status}
+
+
+@router.get("/jobs/{job_id}/results", summary="The job's test cases, new failures first")
+def results(
+    request: Request,
+    job_id: int = JobId,
+    failing: bool = Query(False, description="Only the failing cases"),
+    limit: int = Query(1000, ge=1, le=10_000),
+    who: Requester = Depends(reader),
+) -> dict:
+    def work(s) -> dict:
+        job = get_job(s, job_id)
+        cases = ordered(job_results(s, job, failing_only=failing))
+        return {"job": job_id, "cases": [c.as_dict() for c in cases[:limit]], "more": len(cases) > limit}
+
+    return web(request).read(work)
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventPage, summary="The job's event history")

@@ -1,16 +1,16 @@
 """web: API tokens with expiry and revocation, passwords, browser sessions, login failures, the engine's
 last round, and the indexes behind the web pages' lists
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-22 10:00:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
