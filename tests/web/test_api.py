@@ -64,6 +64,10 @@ def test_submit_run_and_read_a_job_through_the_api(serve, tmp_path):
             answer = http.get(f"/api/v1/tasks/{build['id']}/artifacts/{bad}")
             assert answer.status_code in (404, 400), (bad, answer.status_code)
 
+        results = http.get(f"/api/v1/jobs/{job_id}/results").json()
+        assert results == {"job": job_id, "cases": [], "more": False}  # its steps declare no report
+        assert view["results"]["verdict"] == "no test failures"
+
         # the job's history, newest first, a page at a time
         first = http.get(f"/api/v1/jobs/{job_id}/events", params={"limit": 3}).json()
         second = http.get(

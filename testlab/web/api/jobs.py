@@ -33,7 +33,9 @@ JobId = PathParam(ge=1, le=MAX_ID, description="A job's id")
 Status = Enum("Status", {s: s for s in sorted(TaskStatus.ALL)}, type=str)  # type: ignore[misc]
 
 
-@router.get("/jobs", response_model=JobPage, summary="List jobs, newest first")
+@router.get(
+    "/jobs", response_model=None, responses={200: {"model": JobPage}}, summary="List jobs, newest first"
+)
 def jobs(
     request: Request,
     status: Status | None = None,
@@ -114,7 +116,12 @@ def _receive(scratch: Path, job: UploadFile, files: list[UploadFile]) -> JobDef:
     return dataclasses.replace(definition, source=source)
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, summary="A job with its steps and tasks")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=None,
+    responses={200: {"model": JobView}},
+    summary="A job with its steps and tasks",
+)
 def show(request: Request, job_id: int = JobId, who: Requester = Depends(reader)) -> dict:
     return web(request).read(lambda s: job_view(s, get_job(s, job_id)))
 
@@ -159,7 +166,12 @@ def results(
     return web(request).read(work)
 
 
-@router.get("/jobs/{job_id}/events", response_model=EventPage, summary="The job's event history")
+@router.get(
+    "/jobs/{job_id}/events",
+    response_model=None,
+    responses={200: {"model": EventPage}},
+    summary="The job's event history",
+)
 def job_events(
     request: Request,
     job_id: int = JobId,

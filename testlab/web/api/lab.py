@@ -43,7 +43,7 @@ Name = PathParam(min_length=1, max_length=100, pattern=r"^[^\x00/]+$")
 Before = Query(None, ge=1, le=2**62, description="The `next` of the previous page")
 
 
-@router.get("/vms", response_model=VMPage, summary="List VMs by name")
+@router.get("/vms", response_model=None, responses={200: {"model": VMPage}}, summary="List VMs by name")
 def vms(
     request: Request,
     host: str | None = Query(None, max_length=100),
@@ -56,7 +56,7 @@ def vms(
     return {"vms": rows[:limit], "next": rows[limit - 1]["name"] if len(rows) > limit else None}
 
 
-@router.get("/vms/{name}", response_model=VMView, summary="A VM")
+@router.get("/vms/{name}", response_model=None, responses={200: {"model": VMView}}, summary="A VM")
 def show_vm(request: Request, name: str = Name, who: Requester = Depends(reader)) -> dict:
     def work(s: Session) -> dict:
         vm = vm_service.get_vm(s, name)
@@ -79,7 +79,12 @@ def change_vm(request: Request, body: VMChange, name: str = Name, who: Requester
     return {"message": web(request).write(lambda s: act(s, vm_service.get_vm(s, name)), by=by)}
 
 
-@router.get("/vms/{name}/events", response_model=EventPage, summary="A VM's event history")
+@router.get(
+    "/vms/{name}/events",
+    response_model=None,
+    responses={200: {"model": EventPage}},
+    summary="A VM's event history",
+)
 def vm_events(
     request: Request,
     name: str = Name,
@@ -111,7 +116,7 @@ def list_hosts_page(session: Session, after: str | None, limit: int) -> list[dic
     return [host_view(h, counts.get(h.id, 0)) for h in hosts]
 
 
-@router.get("/hosts", response_model=HostPage, summary="List hosts by name")
+@router.get("/hosts", response_model=None, responses={200: {"model": HostPage}}, summary="List hosts by name")
 def hosts(
     request: Request,
     after: str | None = Query(None, max_length=100),
@@ -122,7 +127,7 @@ def hosts(
     return {"hosts": rows[:limit], "next": rows[limit - 1]["name"] if len(rows) > limit else None}
 
 
-@router.get("/hosts/{name}", response_model=HostView, summary="A host")
+@router.get("/hosts/{name}", response_model=None, responses={200: {"model": HostView}}, summary="A host")
 def show_host(request: Request, name: str = Name, who: Requester = Depends(reader)) -> dict:
     def work(s: Session) -> dict:
         host = vm_service.get_host(s, name)
@@ -167,7 +172,12 @@ def power_cycle_host(
     return {"message": message}
 
 
-@router.get("/hosts/{name}/events", response_model=EventPage, summary="A host's event history")
+@router.get(
+    "/hosts/{name}/events",
+    response_model=None,
+    responses={200: {"model": EventPage}},
+    summary="A host's event history",
+)
 def host_events(
     request: Request,
     name: str = Name,
