@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := libvirt-dev pkg-config postgresql gcc \
 	libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-	mmdebstrap e2fsprogs
+	mmdebstrap e2fsprogs chromium fonts-dejavu-core
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint bench setup system-packages clean

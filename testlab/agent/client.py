@@ -38,6 +38,7 @@ from testlab.agent.errors import (
     TransportFailure,
     UploadLost,
 )
+from testlab.metrics import AGENT_RECONNECTS
 
 __all__ = [
     "AgentClient",
@@ -189,6 +190,7 @@ class AgentClient:
                 return await attempt()
             except (httpx.TransportError, TransportFailure, Retryable) as exc:
                 last: BaseException = exc
+                AGENT_RECONNECTS.inc()
             give_up_at = max(started, self._last_contact) + self._retry_deadline
             if time.monotonic() + delay > give_up_at:
                 silent = time.monotonic() - max(started, self._last_contact)

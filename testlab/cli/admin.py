@@ -8,6 +8,8 @@ import click
 
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
+from testlab.cli.remote import client, server_option
+from testlab.services import users as users_service
 from testlab.services import vms as vm_service
 from testlab.services.errors import UserError
 from testlab.services.users import add_user
@@ -26,9 +28,13 @@ def vm() -> None:
 
 @vm.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def vm_list(as_json: bool) -> None:
-    with database(readonly=True) as session:
-        vms = list_vms(session)
+    if (remote := client()) is not None:
+        vms = remote.vms()
+    else:
+        with database(readonly=True) as session:
+            vms = list_vms(session)
     if as_json:
         print_json(vms)
         return
@@ -54,10 +60,14 @@ def vm_list(as_json: bool) -> None:
 @vm.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def vm_show(name: str, as_json: bool) -> None:
-    with database(readonly=True) as session:
-        row = vm_service.get_vm(session, name)
-        view = vm_view(row, row.host.name)
+    if (remote := client()) is not None:
+        view = remote.vm(name)
+    else:
+        with database(readonly=True) as session:
+            row = vm_service.get_vm(session, name)
+            view = vm_view(row, row.host.name)
     if as_json:
         print_json(view)
         return
@@ -76,11 +86,15 @@ def vm_show(name: str, as_json: bool) -> None:
 @click.option("--offline", "change", flag_value="offline", help="Mark offline: the monitor checks it.")
 @click.option("--enable", "change", flag_value="enable", help="Return an offline/maintenance VM to service.")
 @click.option("--abort", is_flag=True, help="With --maintenance: abort the running task (it is requeued).")
+@server_option
 def vm_set(name: str, change: str | None, abort: bool) -> None:
     if change is None:
         raise click.UsageError("give one of --maintenance, --no-maintenance, --offline, --enable")
     if abort and change != "maintenance":
         raise click.UsageError("--abort only goes with --maintenance")
+    if (remote := client()) is not None:
+        click.echo(remote.change_vm(name, change, abort))
+        return
     by = current_user()
     change_vm = {
         "maintenance": lambda s, vm: vm_service.request_maintenance(s, vm, abort=abort, by=by),
@@ -181,3 +195,67 @@ def user() -> None:
 def user_add(name: str, admin: bool) -> None:
     """Create a user; prints its API token (shown only once)."""
     click.echo(write(lambda session: add_user(session, name, admin=admin)))
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_list(as_json: bool) -> None:
+    with database(readonly=True) as session:
+        users = users_service.list_users(session)
+    if as_json:
+        print_json(users)
+        return
+    print_table(None, ["user", "role", "password"], [(u["name"], u["role"], u["password"]) for u in users])
+
+
+@user.command("password")
+@click.argument("name")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from standard input.")
+def user_password(name: str, from_stdin: bool) -> None:
+    """Set the password NAME logs in to the web UI with (their browser sessions end)."""
+    if from_stdin:
+        password = click.get_text_stream("stdin").readline().rstrip("\n")
+    else:
+        password = click.prompt("password", hide_input=True, confirmation_prompt=True)
+    click.echo(write(lambda session: users_service.set_password(session, name, password)))
+
+
+@user.command("token")
+@click.argument("name")
+@click.option("--label", default="", help="What the token is for (shown in listings).")
+@click.option("--expires", help="Valid for this long (e.g. 90d, 12h); default: no end.")
+def user_token(name: str, label: str, expires: str | None) -> None:
+    """Create another API token for NAME; prints it (shown only once)."""
+    from testlab.domain.durations import parse_duration
+
+    try:
+        lifetime = parse_duration(expires) if expires else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--expires") from None
+    click.echo(write(lambda session: users_service.add_token(session, name, name=label, lifetime=lifetime)))
+
+
+@user.command("tokens")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_tokens(name: str, as_json: bool) -> None:
+    """NAME's API tokens (never the tokens themselves)."""
+    with database(readonly=True) as session:
+        tokens = users_service.list_tokens(session, name)
+    if as_json:
+        print_json(tokens)
+        return
+    print_table(
+        None,
+        ["id", "label", "created", "expires", "state"],
+        [(t["id"], t["name"], t["created"], t["expires"] or "never", t["state"]) for t in tokens],
+    )
+
+
+@user.command("revoke")
+@click.argument("name")
+@click.option("--token", "token_id", type=int, help="Only this token (an id from `user tokens`).")
+def user_revoke(name: str, token_id: int | None) -> None:
+    """Revoke NAME's API tokens (all of them, or one)."""
+    count = write(lambda session: users_service.revoke_tokens(session, name, token_id))
+    click.echo(f"user {name}: {count} token(s) revoked")

@@ -8,6 +8,7 @@ import click
 
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
+from testlab.cli.remote import client, server_option
 from testlab.domain.jobfile import parse_job
 from testlab.domain.statuses import TaskStatus
 from testlab.services.jobs import cancel_job, get_job, restart_job, submit_job
@@ -26,9 +27,13 @@ def job() -> None:
 @job.command("submit")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--priority", type=int, help="Override the file's priority (lower runs first).")
+@server_option
 def job_submit(file: Path, priority: int | None) -> None:
     """Submit the job defined in FILE; prints its id."""
     definition = parse_job(file)
+    if (remote := client()) is not None:
+        click.echo(remote.submit(definition, priority))
+        return
     current = settings()
     owner = current_user()
     click.echo(
@@ -42,9 +47,13 @@ def job_submit(file: Path, priority: int | None) -> None:
 @click.option("--status", type=click.Choice(sorted(TaskStatus.ALL)), help="Only jobs in this status.")
 @click.option("--limit", type=int, default=None, help="At most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
-    with database(readonly=True) as session:
-        jobs = list_jobs(session, status, limit)
+    if (remote := client()) is not None:
+        jobs = remote.list_jobs(status, limit)
+    else:
+        with database(readonly=True) as session:
+            jobs = list_jobs(session, status, limit)
     if as_json:
         print_json(jobs)
         return
@@ -61,9 +70,13 @@ def job_list(status: str | None, limit: int | None, as_json: bool) -> None:
 @job.command("show")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@server_option
 def job_show(job_id: int, as_json: bool) -> None:
-    with database(readonly=True) as session:
-        view = job_view(session, get_job(session, job_id))
+    if (remote := client()) is not None:
+        view = remote.job(job_id)
+    else:
+        with database(readonly=True) as session:
+            view = job_view(session, get_job(session, job_id))
     if as_json:
         print_json(view)
         return
@@ -89,16 +102,22 @@ def job_show(job_id: int, as_json: bool) -> None:
 
 @job.command("cancel")
 @click.argument("job_id", type=int)
+@server_option
 def job_cancel(job_id: int) -> None:
     """Cancel a job: queued tasks are skipped, running ones are killed."""
-    status = write(lambda session: cancel_job(session, job_id).status)
+    remote = client()
+    status = remote.cancel(job_id) if remote else write(lambda session: cancel_job(session, job_id).status)
     click.echo(f"job {job_id}: cancel requested ({status})")
 
 
 @job.command("restart")
 @click.argument("job_id", type=int)
+@server_option
 def job_restart(job_id: int) -> None:
     """Run an ended job again from scratch."""
-    current = settings()
-    write(lambda session: restart_job(session, current, job_id), current)
+    if (remote := client()) is not None:
+        remote.restart(job_id)
+    else:
+        current = settings()
+        write(lambda session: restart_job(session, current, job_id), current)
     click.echo(f"job {job_id} requeued")

@@ -10,7 +10,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from testlab.cli import admin, image, jobs, lab, notify, results, run, sim
+from testlab.cli import admin, image, jobs, lab, notify, results, run, sim, web
 from testlab.db.session import Conflict, SchemaOutOfDate, upgrade
 from testlab.domain.errors import DefinitionError
 from testlab.hypervisor.base import HypervisorError
@@ -71,6 +71,7 @@ admin.register(cli)
 run.register(cli)
 sim.register(cli)
 image.register(cli)
+web.register(cli)
 
 
 def main() -> None:

@@ -102,17 +102,69 @@ class VM(Base):
 
 
 class User(Base):
+    """Someone who uses the lab through the web UI or the API: role `user` or, with `is_admin`, `admin`."""
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    token_hash: Mapped[str] = mapped_column(String(200))
     created: Mapped[datetime] = mapped_column(DateTime)
     email: Mapped[str | None] = mapped_column(String(300), nullable=True)
     # When the user hears of their own jobs' ends: never | failure | always. Administrators also get
     # the lab's notices (VMs offline, hosts down) when they have an address.
     notify_on: Mapped[str] = mapped_column(String(10), default="never", server_default="never")
+    # For the login page; None: this user signs in with API tokens only. scrypt, salted.
+    password_hash: Mapped[str | None] = mapped_column(String(300), nullable=True)
+
+
+class ApiToken(Base):
+    """A user's API token. Only its hash is stored; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_hash: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    created: Mapped[datetime] = mapped_column(DateTime)
+    expires: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: never
+    revoked: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (Index("ix_api_tokens_user", "user_id"),)
+
+
+class WebSession(Base):
+    """A browser's login: the cookie holds a random secret, the row only its hash (a leaked database
+    holds no usable session), with the session's CSRF token and its end."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(100), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    csrf: Mapped[str] = mapped_column(String(100))
+    created: Mapped[datetime] = mapped_column(DateTime)
+    expires: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_web_sessions_expires", "expires"),)
+
+
+class LoginFailure(Base):
+    """A failed login, kept for the rate limit's window: shared by every web server process."""
+
+    __tablename__ = "login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime)
+    name: Mapped[str] = mapped_column(String(100))
+    address: Mapped[str] = mapped_column(String(100))
+
+    __table_args__ = (
+        Index("ix_login_failures_name", "name", "time"),
+        Index("ix_login_failures_address", "address", "time"),
+        Index("ix_login_failures_time", "time"),
+    )
 
 
 class Job(Base):
@@ -140,6 +192,10 @@ class Job(Base):
     # Ids are never reused (AUTOINCREMENT on SQLite): a job's files live under its id.
     __table_args__ = (
         Index("ix_jobs_status_priority", "status", "priority", "id"),
+        # The job list's filters, newest first (keyset pagination on the id).
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_owner_id", "owner", "id"),
+        Index("ix_jobs_name_id", "name", "id"),
         {"sqlite_autoincrement": True},
     )
     __mapper_args__ = {"version_id_col": version}
@@ -204,6 +260,7 @@ class Task(Base):
         Index("ix_tasks_status_job", "status", "job_id"),
         Index("ix_tasks_job", "job_id", "step_id", "number"),
         Index("ix_tasks_vm", "vm_id", "ended"),
+        Index("ix_tasks_ended", "ended"),  # statistics over a time window
         {"sqlite_autoincrement": True},
     )
     __mapper_args__ = {"version_id_col": version}
@@ -232,6 +289,9 @@ class Event(Base):
         Index("ix_events_vm_time", "vm_id", "time"),
         Index("ix_events_task", "task_id"),
         Index("ix_events_time", "time"),
+        # The history of a host or a job, newest first (web pages and API).
+        Index("ix_events_host_time", "host_id", "time"),
+        Index("ix_events_job_time", "job_id", "time"),
         {"sqlite_autoincrement": True},
     )
 
@@ -330,6 +390,8 @@ class EngineLease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     expires: Mapped[datetime] = mapped_column(DateTime)
     epoch: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # When the holder last finished a planning round, written with each renewal (health checks).
+    last_round: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Blocked(Base):

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from testlab.config import Settings
+from testlab.db.models import utcnow
 from testlab.db.session import SchemaOutOfDate, check_schema
 from testlab.engine import reading
 from testlab.engine.connections import Connections
@@ -35,7 +36,8 @@ from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
-from testlab.engine.work import HostCheck, KillWork, PowerOffWork, RevertWork, TaskWork
+from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
+from testlab.metrics import OPERATION_SECONDS, ROUND_SECONDS
 from testlab.scheduler import PowerOff, plan
 from testlab.services.jobs import recover_staged_jobs
 from testlab.threads import DaemonThreadPool
@@ -158,7 +160,10 @@ class Engine:
             while not self._stop.is_set():
                 self._check_failures()
                 try:
+                    started = time.perf_counter()
                     await self._round()
+                    ROUND_SECONDS.observe(time.perf_counter() - started)
+                    self.lease.last_round = utcnow()
                     backoff = 1.0
                 except (LeaseLost, SchemaOutOfDate, DatabaseOutage):
                     raise
@@ -362,8 +367,11 @@ class Engine:
         """An operation that dies of an unexpected error must not leave its VM busy for ever: the
         error is recorded like any infrastructure error (the task requeued, the VM's count raised).
         A lost lease or a database outage is not the VM's: the engine stops or pauses instead."""
+        started = time.perf_counter()
         try:
             await start()
+            kind = _KINDS.get(type(work), "other")
+            OPERATION_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - a bug or an unmapped error; recorded, not hidden
@@ -382,6 +390,9 @@ class Engine:
                     await self.db.write(self.outcomes.vm_error, work.vm.id, reason)
             except Exception as second:  # noqa: BLE001 - the database or the lease: the loop decides
                 self._fail(second)
+
+
+_KINDS = {RevertWork: "revert", PowerOffWork: "power_off", TaskWork: "task", MonitorWork: "monitor"}
 
 
 def run_engine(settings: Settings, options: EngineOptions | None = None) -> int:

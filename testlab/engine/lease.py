@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import select, update
@@ -117,12 +117,16 @@ def check(session: Session, epoch: int) -> None:
         raise _lost(session, epoch)
 
 
-def renew(session: Session, holder: str, epoch: int, ttl: float) -> None:
-    """Extend our lease; LeaseLost if another engine took it."""
+def renew(session: Session, holder: str, epoch: int, ttl: float, last_round: datetime | None = None) -> None:
+    """Extend our lease (and say when we last planned, for health checks); LeaseLost if another
+    engine took it."""
+    values: dict = {"expires": utcnow() + timedelta(seconds=ttl)}
+    if last_round is not None:
+        values["last_round"] = last_round
     result = session.execute(
         update(EngineLease)
         .where(EngineLease.id == LEASE_ID, EngineLease.holder == holder, EngineLease.epoch == epoch)
-        .values(expires=utcnow() + timedelta(seconds=ttl))
+        .values(**values)
     )
     if result.rowcount != 1:
         raise _lost(session, epoch)
@@ -159,6 +163,7 @@ class LeaseKeeper:
         self.holder = holder_id()
         self.epoch: int | None = None
         self.lost: LeaseLost | None = None
+        self.last_round: datetime | None = None  # set by the engine after each round; sent with renewals
         self._trusted_until = 0.0
         self._thread = DaemonThreadPool(1, "testlab-lease")
         self._confirming: asyncio.Future[None] | None = None
@@ -184,7 +189,8 @@ class LeaseKeeper:
             raise self.lost
         started = time.monotonic()
         try:
-            await self._call(lambda s: renew(s, self.holder, self.epoch, self.ttl))
+            last_round = self.last_round
+            await self._call(lambda s: renew(s, self.holder, self.epoch, self.ttl, last_round))
         except LeaseLost as error:
             self.lost = error
             raise
@@ -207,8 +213,10 @@ class LeaseKeeper:
     async def keep(self, on_lost: Callable[[LeaseLost], None]) -> None:
         """Renew every third of the TTL; after a failure, every half second until it works again."""
         failing_since: float | None = None
+        first = True  # renewed soon after the start, so health checks see the first round at once
         while True:
-            await asyncio.sleep(0.5 if failing_since is not None else self.ttl / 3)
+            await asyncio.sleep(0.5 if failing_since is not None or first else self.ttl / 3)
+            first = False
             try:
                 await self.confirm()
             except LeaseLost as error:

@@ -36,6 +36,7 @@ from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
 from testlab.hypervisor.base import HostUnreachable, HypervisorError
+from testlab.metrics import operation_failed
 from testlab.services.results import replace_task_results
 
 log = logging.getLogger("testlab.engine")
@@ -86,8 +87,10 @@ class Operations:
                 await asyncio.sleep(work.sleep)
             await self.db.write(self.outcomes.revert_done, vm.id, info.boot_id)
         except HostUnreachable as error:
+            operation_failed("revert", error)
             await self.db.write(self.outcomes.host_error, vm.id, f"revert of {vm.name}: {_describe(error)}")
         except (HypervisorError, AgentError) as error:
+            operation_failed("revert", error)
             log.warning("revert of %s failed: %s", vm.name, error)
             await self.db.write(self.outcomes.vm_error, vm.id, f"revert failed: {_describe(error)}")
 
@@ -101,10 +104,12 @@ class Operations:
             )
             await self.db.write(self.outcomes.poweroff_done, vm.id)
         except HostUnreachable as error:
+            operation_failed("power_off", error)
             await self.db.write(
                 self.outcomes.host_error, vm.id, f"power off of {vm.name}: {_describe(error)}"
             )
         except HypervisorError as error:
+            operation_failed("power_off", error)
             await self.db.write(self.outcomes.vm_error, vm.id, f"power off failed: {_describe(error)}")
 
     async def monitor(self, work: MonitorWork) -> None:
@@ -124,6 +129,7 @@ class Operations:
                 self.outcomes.monitor_result, vm.id, True, f"reverted, agent {info.version} answered"
             )
         except (HypervisorError, AgentError) as error:
+            operation_failed("monitor", error)
             await self.db.write(self.outcomes.monitor_result, vm.id, False, _describe(error))
 
     async def check_host(self, work: HostCheck) -> None:
@@ -174,12 +180,16 @@ class Operations:
                 report=summary if work.reports else None,
             )
         except HostUnreachable as error:
+            operation_failed("task", error)
             await self.db.write(record.host_error, work.vm.id, f"task {work.task_id}: {_describe(error)}")
         except CommandUnknown as error:
+            operation_failed("task", error)
             await self.db.write(record.task_requeue, work.task_id, f"the VM lost the task: {error}")
         except AgentUnreachable as error:
+            operation_failed("task", error)
             await self.db.write(record.task_requeue, work.task_id, f"agent unreachable: {error}")
         except OSError as error:
+            operation_failed("task", error)
             # Agents and hypervisors never raise OSError here (their errors are typed): this is the
             # engine's own machine failing to write the task's files.
             full = error.errno in DISK_FULL_ERRORS
@@ -189,6 +199,7 @@ class Operations:
                 record.engine_problem, work.task_id, f"{_describe(error)}", count_try=not full
             )
         except (AgentError, HypervisorError, TransferTimedOut) as error:
+            operation_failed("task", error)
             await self.db.write(
                 record.task_requeue, work.task_id, f"infrastructure error: {_describe(error)}"
             )

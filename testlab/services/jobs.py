@@ -28,7 +28,7 @@ from testlab.db.models import VM, Job, Step, Task, utcnow
 from testlab.db.session import after_commit, on_rollback
 from testlab.domain.jobfile import JobDef, TargetVM, resolve_targets
 from testlab.domain.statuses import TaskStatus, VMRole
-from testlab.services.errors import UserError
+from testlab.services.errors import NotFound, UserError
 from testlab.services.results import clear_task_results
 from testlab.services.transitions import record_event, roll_up_job, set_task_status
 
@@ -194,7 +194,7 @@ def recover_staged_jobs(session: Session, settings: Settings) -> list[str]:
 def get_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
-        raise UserError(f"job {job_id}: no such job")
+        raise NotFound(f"job {job_id}: no such job")
     return job
 
 

@@ -14,8 +14,12 @@ from testlab.results import classify
 from testlab.services.results import job_verdict, task_problems
 
 
-def _time(value: datetime | None) -> str | None:
+def iso_time(value: datetime | None) -> str | None:
+    """How every view writes a time: ISO 8601, UTC, to the second."""
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
+
+
+_time = iso_time
 
 
 def host_view(host: Host, vm_count: int = 0) -> dict[str, Any]:
@@ -58,9 +62,25 @@ def vm_view(vm: VM, host_name: str) -> dict[str, Any]:
     }
 
 
-def list_vms(session: Session) -> list[dict[str, Any]]:
-    rows = session.execute(select(VM, Host.name).join(Host, VM.host_id == Host.id).order_by(VM.name))
-    return [vm_view(vm, host_name) for vm, host_name in rows]
+def list_vms(
+    session: Session,
+    *,
+    host: str | None = None,
+    status: str | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """VMs by name; `after` (a VM name) and `limit` page through them on the unique name index."""
+    query = select(VM, Host.name).join(Host, VM.host_id == Host.id).order_by(VM.name)
+    if host:
+        query = query.where(Host.name == host)
+    if status:
+        query = query.where(VM.status == status)
+    if after:
+        query = query.where(VM.name > after)
+    if limit:
+        query = query.limit(limit)
+    return [vm_view(vm, host_name) for vm, host_name in session.execute(query)]
 
 
 def job_summary(job: Job) -> dict[str, Any]:
@@ -76,13 +96,48 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def list_jobs(session: Session, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def list_jobs(
+    session: Session,
+    status: str | None = None,
+    limit: int | None = None,
+    *,
+    owner: str | None = None,
+    name: str | None = None,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    """Jobs newest first, each with its tasks counted by status. `before` (a job id) and `limit` page
+    through them; every filter has an index that ends with the id, so a page costs the same at any
+    depth of the history."""
     query = select(Job).order_by(Job.id.desc())
     if status:
         query = query.where(Job.status == status)
+    if owner:
+        query = query.where(Job.owner == owner)
+    if name:
+        query = query.where(Job.name == name)
+    if before is not None:
+        query = query.where(Job.id < before)
     if limit:
         query = query.limit(limit)
-    return [job_summary(j) for j in session.scalars(query)]
+    jobs = [job_summary(j) for j in session.scalars(query)]
+    counts = task_counts(session, [j["id"] for j in jobs])
+    for job in jobs:
+        job["tasks"] = counts.get(job["id"], {})
+    return jobs
+
+
+def task_counts(session: Session, job_ids: list[int]) -> dict[int, dict[str, int]]:
+    """job id -> {task status: count}, for the jobs given (one query on the tasks' job index)."""
+    counts: dict[int, dict[str, int]] = {}
+    if job_ids:
+        rows = session.execute(
+            select(Task.job_id, Task.status, func.count())
+            .where(Task.job_id.in_(job_ids))
+            .group_by(Task.job_id, Task.status)
+        )
+        for job_id, status, count in rows:
+            counts.setdefault(job_id, {})[status] = count
+    return counts
 
 
 def _verdict(task: Task, step: Step, problems) -> str:
@@ -99,11 +154,12 @@ def _verdict(task: Task, step: Step, problems) -> str:
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job with its steps and tasks; each task with its verdict (how it ended, in one line: see
     testlab/results/classify.py), the job with its test verdict against the reference runs."""
-    vm_names = dict(session.execute(select(VM.id, VM.name)).all())
     steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
     tasks = session.scalars(
         select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)
     ).all()
+    vm_ids = {t.vm_id for t in tasks}
+    vm_names = dict(session.execute(select(VM.id, VM.name).where(VM.id.in_(vm_ids))).all()) if vm_ids else {}
     by_step: dict[int, list[Task]] = {}
     for task in tasks:
         by_step.setdefault(task.step_id, []).append(task)

@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Host, utcnow
 from testlab.domain.statuses import HostStatus, VMStatus
-from testlab.services.errors import UserError
+from testlab.services.errors import NotFound, UserError
 from testlab.services.transitions import record_event, set_vm_status
 from testlab.services.transitions import set_host_status as change_host_status
 
@@ -15,14 +15,14 @@ from testlab.services.transitions import set_host_status as change_host_status
 def get_vm(session: Session, name: str) -> VM:
     vm = session.scalars(select(VM).where(VM.name == name)).one_or_none()
     if vm is None:
-        raise UserError(f"vm {name}: no such VM")
+        raise NotFound(f"vm {name}: no such VM")
     return vm
 
 
 def get_host(session: Session, name: str) -> Host:
     host = session.scalars(select(Host).where(Host.name == name)).one_or_none()
     if host is None:
-        raise UserError(f"host {name}: no such host")
+        raise NotFound(f"host {name}: no such host")
     return host
 
 
