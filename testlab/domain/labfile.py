@@ -19,9 +19,9 @@ import yaml
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.limits import HostLimits
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
-from testlab.scheduler.snapshot import HostLimits
 
 BACKENDS = ("local", "libvirt", "command")
 COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from testlab.domain.errors import DefinitionError
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
-from testlab.scheduler.snapshot import HostLimits
+from testlab.domain.limits import LIMIT_FIELDS, HostLimits
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -484,3 +486,18 @@ def test_example_lab_parses() -> None:
     roles = {vm.role for vm in parsed.vms}
     assert roles == {"base", "extra", "retired"}
     assert parse_lab_text(dump_lab(parsed)) == parsed
+
+
+def test_the_domain_layer_does_not_import_the_scheduler() -> None:
+    code = "import sys, testlab.domain.labfile, testlab.domain.jobfile; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "testlab.scheduler" not in loaded
+
+
+def test_host_limits_are_still_importable_from_the_scheduler() -> None:
+    from testlab.scheduler import HostLimits as from_package
+    from testlab.scheduler.snapshot import LIMIT_FIELDS as fields
+    from testlab.scheduler.snapshot import HostLimits as from_snapshot
+
+    assert from_package is from_snapshot is HostLimits
+    assert fields == LIMIT_FIELDS
