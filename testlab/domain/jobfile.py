@@ -16,8 +16,16 @@ from pathlib import Path, PurePosixPath
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.inputlimits import MAX_JOB_FILE_BYTES
 from testlab.domain.statuses import VMRole
-from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
+from testlab.domain.yamlsource import (
+    FrozenMap,
+    MapReader,
+    check_size,
+    load_top_mapping,
+    read_source,
+    sub_readers,
+)
 
 DEFAULT_PRIORITY = 50
 DEFAULT_TIMEOUT = 30 * 60.0
@@ -95,11 +103,14 @@ class TargetVM:
 def parse_job(path: Path) -> JobDef:
     """Read and check a job file; its `files:` are relative to the file's directory."""
     path = Path(path)
-    return parse_job_text(read_source(path), source=str(path), base_dir=path.parent)
+    return parse_job_text(
+        read_source(path, max_bytes=MAX_JOB_FILE_BYTES), source=str(path), base_dir=path.parent
+    )
 
 
 def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = None) -> JobDef:
     """Check job text whose `files:` live under `base_dir` (the current directory when None)."""
+    check_size(text, MAX_JOB_FILE_BYTES, source)
     top = MapReader(load_top_mapping(text, source, "name: and steps:"), source)
     top.check_keys(_JOB_KEYS, required=("name", "steps"))
     anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()

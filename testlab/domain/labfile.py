@@ -19,9 +19,17 @@ import yaml
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.inputlimits import MAX_LAB_FILE_BYTES
 from testlab.domain.limits import HostLimits
 from testlab.domain.statuses import VMRole
-from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
+from testlab.domain.yamlsource import (
+    FrozenMap,
+    MapReader,
+    check_size,
+    load_top_mapping,
+    read_source,
+    sub_readers,
+)
 
 BACKENDS = ("local", "libvirt", "command")
 COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")
@@ -105,11 +113,14 @@ class LabDef:
 def parse_lab(path: Path) -> LabDef:
     """Read and check a lab file; relative paths in it are relative to the file's directory."""
     path = Path(path)
-    return parse_lab_text(read_source(path), source=str(path), base_dir=path.parent)
+    return parse_lab_text(
+        read_source(path, max_bytes=MAX_LAB_FILE_BYTES), source=str(path), base_dir=path.parent
+    )
 
 
 def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = None) -> LabDef:
     """Check lab text. `base_dir` anchors relative paths (the current directory when None)."""
+    check_size(text, MAX_LAB_FILE_BYTES, source)
     top = MapReader(load_top_mapping(text, source, "hosts: and vms:"), source)
     top.check_keys(("hosts", "vms"), required=("hosts", "vms"))
     anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()

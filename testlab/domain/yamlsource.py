@@ -9,7 +9,9 @@ located by their parent. `MapReader` reads one mapping's fields with type checks
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 from testlab.domain.durations import EXPECTED as DURATION_EXPECTED
 from testlab.domain.durations import parse_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.inputlimits import MAX_JOB_FILE_BYTES, MAX_NESTING, MAX_NUMBER_CHARACTERS, preview
 
 T = TypeVar("T")
 
@@ -120,48 +123,128 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[YamlLis
         data.item_lines.append(item.start_mark.line + 1)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+def _number_constructor(convert: Callable[[Any, yaml.ScalarNode], Any]) -> Callable[..., Any]:
+    def construct(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        # Python refuses to convert integers of more than 4300 digits (ValueError, not a YAML error)
+        # and a huge one costs time; no field takes such a number, so refuse it with its line.
+        if len(node.value) > MAX_NUMBER_CHARACTERS:
+            raise DefinitionError(
+                f"number too long: {len(node.value):,} characters (at most {MAX_NUMBER_CHARACTERS})",
+                source=loader.source,
+                line=node.start_mark.line + 1,
+            )
+        return convert(loader, node)
+
+    return construct
+
+
+_CONSTRUCTORS = {
+    "tag:yaml.org,2002:map": _construct_map,
+    "tag:yaml.org,2002:seq": _construct_seq,
+    "tag:yaml.org,2002:int": _number_constructor(yaml.SafeLoader.construct_yaml_int),
+    "tag:yaml.org,2002:float": _number_constructor(yaml.SafeLoader.construct_yaml_float),
+}
+for _tag, _constructor in _CONSTRUCTORS.items():
+    _Loader.add_constructor(_tag, _constructor)
+
 
 if hasattr(yaml, "CSafeLoader"):
 
     class _FastLoader(yaml.CSafeLoader):  # libyaml's parser: about 4x faster on a 10,000-VM lab
         source: str | None = None
 
-    _FastLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-    _FastLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+    for _tag, _constructor in _CONSTRUCTORS.items():
+        _FastLoader.add_constructor(_tag, _constructor)
 else:  # pragma: no cover - PyYAML built without libyaml
     _FastLoader = _Loader  # type: ignore[misc,assignment]
 
 
-def read_source(path: Path) -> str:
-    """The text of a definition file, or a one-line DefinitionError saying why it cannot be read."""
+def read_source(path: Path, *, max_bytes: int = MAX_JOB_FILE_BYTES) -> str:
+    """The text of a definition file, or a one-line DefinitionError saying why it cannot be read.
+
+    Only regular files of at most `max_bytes` are read, and the size is known before reading:
+    a device (/dev/zero), a pipe or a growing file must be refused, not read forever.
+    """
     source = str(path)
     try:
-        return path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DefinitionError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise DefinitionError("is a directory, not a file", source=source) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise DefinitionError("not UTF-8 text", source=source, line=line) from None
     except OSError as exc:
         raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DefinitionError("is a directory, not a file", source=source)
+        if not stat.S_ISREG(info.st_mode):
+            raise DefinitionError("not a regular file (a device, pipe or socket)", source=source)
+        if info.st_size > max_bytes:
+            raise _too_large(info.st_size, max_bytes, source)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise _too_large(len(data), max_bytes, source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DefinitionError("not UTF-8 text", source=source, line=line) from None
+
+
+def check_size(text: str, max_bytes: int, source: str) -> None:
+    """The size limit of `read_source`, for text that did not come from a file (API, shards)."""
+    if len(text) > max_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise _too_large(len(text.encode("utf-8", "surrogatepass")), max_bytes, source)
+
+
+def _too_large(size: int, max_bytes: int, source: str) -> DefinitionError:
+    return DefinitionError(f"too large: {size:,} bytes (at most {max_bytes:,})", source=source)
+
+
+# The pure-Python parser explains syntax errors better, but needs about 6 s per MiB.
+_EXPLAIN_MAX_CHARACTERS = 256 * 1024
 
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse `text`; YAML syntax errors become DefinitionError with their line. None for an empty file."""
     try:
+        _check_nesting(text, source)
         return _load(_FastLoader, text, source)
     except yaml.YAMLError as fast_error:
         # Explain with the pure-Python parser: its messages are clearer and do not depend on whether
         # PyYAML was built with libyaml.
-        try:
-            _load(_Loader, text, source)
-        except yaml.YAMLError as exc:
-            raise _syntax_error(exc, source) from None
+        if len(text) <= _EXPLAIN_MAX_CHARACTERS:
+            try:
+                _load(_Loader, text, source)
+            except yaml.YAMLError as exc:
+                raise _syntax_error(exc, source) from None
         raise _syntax_error(fast_error, source) from None
+
+
+_OPENINGS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSINGS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse deep nesting before building anything: the composer recurses, and libyaml's crashes the
+    process (a segmentation fault) on a few hundred KB of '['. Reading the events alone is cheap."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_FastLoader):
+        if isinstance(event, _OPENINGS):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DefinitionError(
+                    f"nested too deeply (at most {MAX_NESTING} levels of mappings and lists)",
+                    source=source,
+                    line=event.start_mark.line + 1,
+                )
+        elif isinstance(event, _CLOSINGS):
+            depth -= 1
 
 
 def _load(loader_class: type, text: str, source: str) -> Any:
@@ -206,11 +289,11 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int):
-        return f"integer {value}"
+        return f"integer {preview(value)}"
     if isinstance(value, float):
         return f"number {value}"
     if isinstance(value, str):
-        return repr(value)
+        return preview(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -432,6 +433,8 @@ def test_example_job_targets() -> None:
         ({"line": 3}, "line 3: bad"),
         ({"field": "steps"}, "steps: bad"),
         ({}, "bad"),
+        # Always one line: control characters from a file name or a key are escaped.
+        ({"source": "a\nb.yaml", "line": 2, "field": "k\x00\u2028"}, "a\\nb.yaml:2: k\\x00\\u2028: bad"),
     ],
 )
 def test_definition_error_leaves_out_unknown_parts(kwargs: dict, text: str) -> None:
@@ -460,3 +463,68 @@ def test_the_examples_in_the_documentation_parse(tmp_path: Path) -> None:
     vms = [TargetVM(v.name, v.role, frozenset(v.labels), True) for v in lab.vms]
     vms.append(TargetVM("build", "base", frozenset(), True))
     assert resolve_targets(job, vms) == {"build": ("build",), "test": ("win10", "win10-fr")}
+
+
+# ---- limits (docs/files.md, "Limits"): each refused with one line naming the field
+
+LIMIT_ERRORS = [
+    (
+        "number of 5,000 digits",
+        S + "priority: " + "9" * 5000 + "\n",
+        "job.yaml:6: number too long: 5,000 characters (at most 100)",
+    ),
+    (
+        "timeout of 400 digits",
+        S + "    timeout: " + "9" * 400 + "\n",
+        "job.yaml:6: number too long: 400 characters (at most 100)",
+    ),
+    (
+        "deep nesting",
+        "name: j\nsteps: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "job.yaml:2: nested too deeply (at most 32 levels of mappings and lists)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in LIMIT_ERRORS], ids=[i for i, _, _ in LIMIT_ERRORS]
+)
+def test_limits_are_refused_with_one_line(job_dir: Path, text: str, expected: str) -> None:
+    assert job_error(job_dir, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: Path("/dev/zero"), "/dev/zero: not a regular file (a device, pipe or socket)"),
+        (lambda d: Path("/dev/urandom"), "/dev/urandom: not a regular file (a device, pipe or socket)"),
+        (lambda d: _fifo(d / "fifo.yaml"), "{dir}/fifo.yaml: not a regular file (a device, pipe or socket)"),
+        (lambda d: d, "{dir}: is a directory, not a file"),
+        (
+            lambda d: _sized(d / "big.yaml", 1024 * 1024 + 1),
+            "{dir}/big.yaml: too large: 1,048,577 bytes (at most 1,048,576)",
+        ),
+    ],
+    ids=["/dev/zero", "/dev/urandom", "fifo", "directory", "over 1 MiB"],
+)
+def test_only_regular_files_of_at_most_1_mib_are_read(job_dir: Path, make, message: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(DefinitionError) as info:
+        parse_job(make(job_dir))
+    assert str(info.value) == message.format(dir=job_dir)
+    assert time.monotonic() - started < 2
+
+
+def test_text_is_held_to_the_file_size_limit() -> None:
+    with pytest.raises(DefinitionError, match=r"^<api>: too large: 2,097,152 bytes \(at most 1,048,576\)$"):
+        parse_job_text("#" * 2 * 1024 * 1024, source="<api>")
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _sized(path: Path, size: int) -> Path:
+    path.write_text(S + "#" * (size - len(S)))
+    return path

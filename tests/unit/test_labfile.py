@@ -501,3 +501,24 @@ def test_host_limits_are_still_importable_from_the_scheduler() -> None:
 
     assert from_package is from_snapshot is HostLimits
     assert fields == LIMIT_FIELDS
+
+
+# ---- limits (docs/files.md, "Limits")
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "/dev/urandom"])
+def test_devices_are_refused_before_reading(name: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(Path(name))
+    assert str(info.value) == f"{name}: not a regular file (a device, pipe or socket)"
+
+
+def test_a_lab_file_is_at_most_4_mib(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(GOOD + "#" * (4 * 1024 * 1024 - len(GOOD)))
+    assert parse_lab(path).vms[0].name == "vm1"
+    with path.open("a") as f:
+        f.write("#")
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(path)
+    assert str(info.value) == f"{path}: too large: 4,194,305 bytes (at most 4,194,304)"
