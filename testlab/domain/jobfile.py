@@ -16,7 +16,20 @@ from pathlib import Path, PurePosixPath
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
-from testlab.domain.inputlimits import MAX_JOB_FILE_BYTES
+from testlab.domain.inputlimits import (
+    INT32_MAX,
+    INT32_MIN,
+    MAX_ARTIFACTS,
+    MAX_ENV_TOTAL,
+    MAX_FILES,
+    MAX_JOB_FILE_BYTES,
+    MAX_JOB_NAME,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_STEP_TIMEOUT,
+    MAX_STEPS,
+    MAX_TASKS,
+)
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import (
     FrozenMap,
@@ -29,7 +42,7 @@ from testlab.domain.yamlsource import (
 
 DEFAULT_PRIORITY = 50
 DEFAULT_TIMEOUT = 30 * 60.0
-MAX_TIMEOUT = 24 * 3600.0
+MAX_TIMEOUT = MAX_STEP_TIMEOUT
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _JOB_KEYS = ("name", "priority", "description", "steps")
@@ -114,15 +127,13 @@ def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = Non
     top = MapReader(load_top_mapping(text, source, "name: and steps:"), source)
     top.check_keys(_JOB_KEYS, required=("name", "steps"))
     anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()
-    name = top.string("name")
-    if "\n" in name.strip():
-        raise top.error("name", "must be a single line")
-    priority = top.integer("priority", DEFAULT_PRIORITY)
+    name = top.string("name", max_length=MAX_JOB_NAME)
+    priority = top.integer("priority", DEFAULT_PRIORITY, minimum=INT32_MIN, maximum=INT32_MAX)
     description = top.text("description")
 
     steps: list[StepDef] = []
     step_lines: dict[str, int] = {}
-    for reader in sub_readers(top, "steps", non_empty=True):
+    for reader in sub_readers(top, "steps", non_empty=True, max_items=MAX_STEPS):
         step = _parse_step(reader, anchor)
         if step.name in step_lines:
             raise reader.error(
@@ -144,14 +155,14 @@ def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = Non
 def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
     reader.check_keys(_STEP_KEYS, required=("name", "run"))
     name = reader.string("name", name=True)
-    run = reader.string("run")
+    run = reader.string("run", one_line=False)
     has_vms, has_labels = reader.has("vms"), reader.has("labels")
     if has_vms and has_labels:
         raise reader.error("labels", "give either vms or labels, not both")
     if not has_vms and not has_labels:
         raise reader.error(None, "missing 'vms' or 'labels' (say where the step runs)")
-    vms = reader.string_list("vms", non_empty=True)
-    labels = reader.string_list("labels", non_empty=True)
+    vms = reader.string_list("vms", non_empty=True, max_items=MAX_TASKS, max_length=MAX_NAME)
+    labels = reader.string_list("labels", non_empty=True, max_items=MAX_LABELS, max_length=MAX_NAME)
     after = reader.string("after", None)
     if after == name:
         raise reader.error("after", "a step cannot run after itself")
@@ -164,18 +175,28 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
     return StepDef(
         name=name,
         run=run,
-        files=reader.string_list("files", check=lambda p: _file_problem(p, anchor)),
+        files=reader.string_list("files", check=lambda p: _file_problem(p, anchor), max_items=MAX_FILES),
         vms=vms,
         labels=labels,
         after=after,
         timeout=timeout,
-        artifacts=reader.string_list("artifacts", check=_pattern_problem),
-        env=reader.string_map(
-            "env", key_pattern=ENV_NAME, key_rule="use letters, digits and '_', not starting with a digit"
-        ),
+        artifacts=reader.string_list("artifacts", check=_pattern_problem, max_items=MAX_ARTIFACTS),
+        env=_parse_env(reader),
         line=reader.line(),
         field_lines=_field_lines(reader),
     )
+
+
+def _parse_env(reader: MapReader) -> FrozenMap:
+    env = reader.string_map(
+        "env", key_pattern=ENV_NAME, key_rule="use letters, digits and '_', not starting with a digit"
+    )
+    total = sum(len(name) + len(value) for name, value in env.items())
+    if total > MAX_ENV_TOTAL:
+        raise reader.error(
+            "env", f"too large: {total:,} characters of names and values (at most {MAX_ENV_TOTAL:,})"
+        )
+    return env
 
 
 def _field_lines(reader: MapReader) -> dict[str, int]:

@@ -19,7 +19,16 @@ import yaml
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
-from testlab.domain.inputlimits import MAX_LAB_FILE_BYTES
+from testlab.domain.inputlimits import (
+    INT32_MAX,
+    MAX_HOSTS,
+    MAX_LAB_DURATION,
+    MAX_LAB_FILE_BYTES,
+    MAX_LABELS,
+    MAX_LINE,
+    MAX_NAME,
+    MAX_VMS,
+)
 from testlab.domain.limits import HostLimits
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import (
@@ -127,7 +136,7 @@ def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = Non
 
     hosts: list[HostDef] = []
     host_lines: dict[str, int] = {}
-    for reader in sub_readers(top, "hosts"):
+    for reader in sub_readers(top, "hosts", max_items=MAX_HOSTS):
         host = _parse_host(reader, anchor)
         if host.name in host_lines:
             raise reader.error(
@@ -139,7 +148,7 @@ def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = Non
     vms: list[VMDef] = []
     vm_lines: dict[str, int] = {}
     config_lines: dict[tuple[str, str, str], tuple[str, int]] = {}
-    for reader in sub_readers(top, "vms"):
+    for reader in sub_readers(top, "vms", max_items=MAX_VMS):
         vm = _parse_vm(reader, host_lines)
         if vm.name in vm_lines:
             raise reader.error("name", f"duplicate VM name {vm.name!r} (first on line {vm_lines[vm.name]})")
@@ -201,6 +210,10 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         if not resolved.is_file():
             raise reader.error("agent_token_file", f"no such file: {str(resolved)!r}")
         token_file = str(resolved)
+        if len(token_file) > MAX_LINE:
+            raise reader.error(
+                "agent_token_file", f"path too long: {len(token_file):,} characters (at most {MAX_LINE})"
+            )
     return HostDef(
         name=name,
         backend=backend,
@@ -230,9 +243,12 @@ def _parse_limits(host: MapReader) -> HostLimits:
         return HostLimits()
     reader.check_keys((*_LIMIT_INTS, "sleep_after_revert"))
     values: dict[str, Any] = {
-        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0) for key in _LIMIT_INTS
+        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0, maximum=INT32_MAX)
+        for key in _LIMIT_INTS
     }
-    values["sleep_after_revert"] = reader.duration("sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert)
+    values["sleep_after_revert"] = reader.duration(
+        "sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert, maximum=MAX_LAB_DURATION
+    )
     return HostLimits(**values)
 
 
@@ -254,7 +270,7 @@ def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
         domain=reader.string("domain", name),
         snapshot=reader.string("snapshot"),
         role=reader.string("role", VMRole.BASE, choices=LAB_VM_ROLES),
-        labels=reader.string_list("labels", check=_label_problem),
+        labels=reader.string_list("labels", check=_label_problem, max_items=MAX_LABELS, max_length=MAX_NAME),
         description=reader.text("description"),
         agent=agent,
     )

@@ -20,9 +20,19 @@ from typing import Any, TypeVar
 import yaml
 
 from testlab.domain.durations import EXPECTED as DURATION_EXPECTED
-from testlab.domain.durations import parse_duration
+from testlab.domain.durations import format_duration, parse_duration
 from testlab.domain.errors import DefinitionError
-from testlab.domain.inputlimits import MAX_JOB_FILE_BYTES, MAX_NESTING, MAX_NUMBER_CHARACTERS, preview
+from testlab.domain.inputlimits import (
+    MAX_JOB_FILE_BYTES,
+    MAX_LINE,
+    MAX_NAME,
+    MAX_NESTING,
+    MAX_NUMBER_CHARACTERS,
+    MAX_TEXT,
+    integer_problem,
+    preview,
+    text_problem,
+)
 
 T = TypeVar("T")
 
@@ -146,7 +156,6 @@ _CONSTRUCTORS = {
 }
 for _tag, _constructor in _CONSTRUCTORS.items():
     _Loader.add_constructor(_tag, _constructor)
-
 
 if hasattr(yaml, "CSafeLoader"):
 
@@ -312,7 +321,11 @@ _MISSING: Any = object()
 
 
 class MapReader:
-    """Typed access to the fields of one YAML mapping, with errors that point at the right line."""
+    """Typed access to the fields of one YAML mapping, with errors that point at the right line.
+
+    Every string it returns holds no NUL and fits its length limit; one-line strings (the default)
+    hold no control character (docs/files.md, "Limits").
+    """
 
     def __init__(self, data: YamlMap, source: str, path: str = "") -> None:
         self.data = data
@@ -320,7 +333,9 @@ class MapReader:
         self.path = path
 
     def field(self, key: Any) -> str:
-        return f"{self.path}.{key}" if self.path else str(key)
+        plain = isinstance(key, str) and len(key) <= MAX_NAME and key.isprintable()
+        shown = key if plain else preview(key)
+        return f"{self.path}.{shown}" if self.path else str(shown)
 
     def line(self, key: Any | None = None) -> int:
         return self.data.line if key is None else self.data.key_line(key)
@@ -346,9 +361,20 @@ class MapReader:
         return key in self.data
 
     def string(
-        self, key: str, default: Any = _MISSING, *, name: bool = False, choices: Iterable[str] = ()
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        name: bool = False,
+        choices: Iterable[str] = (),
+        max_length: int | None = None,
+        one_line: bool = True,
     ) -> Any:
-        """A string field. `name=True` also applies the charset of host, VM and step names."""
+        """A non-empty string field. `name=True` also applies the charset of host, VM and step names.
+
+        Its length is at most `max_length` (MAX_NAME for names, else MAX_LINE, or MAX_TEXT when
+        `one_line=False`).
+        """
         if key not in self.data:
             if default is _MISSING:
                 raise self.error(None, "missing required key", field=self.field(key))
@@ -356,6 +382,11 @@ class MapReader:
         value = self.data[key]
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        if max_length is None:
+            max_length = MAX_NAME if name else MAX_LINE if one_line else MAX_TEXT
+        problem = text_problem(value, max_length=max_length, one_line=one_line)
+        if problem:
+            raise self.error(key, problem)
         if not value.strip():
             raise self.error(key, "must not be empty")
         choice_list = list(choices)
@@ -365,34 +396,50 @@ class MapReader:
             raise self.error(key, f"invalid name {value!r}: use {NAME_RULE}")
         return value
 
-    def text(self, key: str) -> str:
-        """Free text (descriptions): a string, possibly empty; absent means ""."""
+    def text(self, key: str, *, max_length: int = MAX_TEXT) -> str:
+        """Free text (descriptions): a string, possibly empty, possibly several lines; absent means ""."""
         value = self.data.get(key, "")
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        problem = text_problem(value, max_length=max_length, one_line=False)
+        if problem:
+            raise self.error(key, problem)
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """An integer field; with `maximum`, a range error names both ends (the column's range)."""
         if key not in self.data:
             return default
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {describe(value)}")
+        if maximum is not None:
+            problem = integer_problem(value, minimum if minimum is not None else -maximum - 1, maximum)
+            if problem:
+                raise self.error(key, problem)
         if minimum is not None and value < minimum:
             qualifier = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
             raise self.error(key, f"expected {qualifier}, got {value}")
         return value
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: float, *, maximum: float | None = None) -> float:
+        """A duration in seconds; with `maximum`, longer ones are refused."""
         if key not in self.data:
             return default
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.error(key, f"{DURATION_EXPECTED}, got {describe(value)}")
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        if maximum is not None and seconds > maximum:
+            raise self.error(
+                key, f"must be at most {format_duration(maximum)}, got {format_duration(seconds)}"
+            )
+        return seconds
 
     def mapping(self, key: str) -> MapReader | None:
         if key not in self.data:
@@ -403,7 +450,7 @@ class MapReader:
         return MapReader(value, self.source, self.field(key))
 
     def items(
-        self, key: str, *, required: bool = False, non_empty: bool = False
+        self, key: str, *, required: bool = False, non_empty: bool = False, max_items: int | None = None
     ) -> list[tuple[Any, int, str]]:
         """The items of a list field as (value, line, field path), e.g. ('x', 12, 'steps[1].files[0]')."""
         if key not in self.data:
@@ -415,6 +462,8 @@ class MapReader:
             raise self.error(key, f"expected a list, got {describe(value)}")
         if non_empty and not value:
             raise self.error(key, "must not be an empty list")
+        if max_items is not None and len(value) > max_items:
+            raise self.error(key, f"too many items: {len(value):,} (at most {max_items:,})")
         return [(item, value.item_line(i), f"{self.field(key)}[{i}]") for i, item in enumerate(value)]
 
     def string_list(
@@ -423,11 +472,13 @@ class MapReader:
         *,
         non_empty: bool = False,
         check: Callable[[str], str | None] | None = None,
+        max_items: int | None = None,
+        max_length: int = MAX_LINE,
     ) -> tuple[str, ...]:
-        """A list of distinct non-empty strings; `check` returns an error message or None."""
+        """A list of distinct non-empty one-line strings; `check` returns an error message or None."""
         result: list[str] = []
         first_line: dict[str, int] = {}
-        for item, line, field in self.items(key, non_empty=non_empty):
+        for item, line, field in self.items(key, non_empty=non_empty, max_items=max_items):
             if not isinstance(item, str):
                 raise DefinitionError(
                     f"expected a string, got {describe(item)}{_quote_hint(item)}",
@@ -435,6 +486,9 @@ class MapReader:
                     line=line,
                     field=field,
                 )
+            problem = text_problem(item, max_length=max_length, one_line=True)
+            if problem:
+                raise DefinitionError(problem, source=self.source, line=line, field=field)
             if not item.strip():
                 raise DefinitionError("must not be empty", source=self.source, line=line, field=field)
             if item in first_line:
@@ -452,9 +506,15 @@ class MapReader:
         return tuple(result)
 
     def string_map(
-        self, key: str, *, key_pattern: re.Pattern[str] | None = None, key_rule: str = ""
+        self,
+        key: str,
+        *,
+        key_pattern: re.Pattern[str] | None = None,
+        key_rule: str = "",
+        max_length: int = MAX_TEXT,
+        max_key_length: int = MAX_NAME,
     ) -> FrozenMap:
-        """A mapping of string -> string (commands, environment variables)."""
+        """A mapping of string -> string (commands, environment variables); values may span lines."""
         reader = self.mapping(key)
         if reader is None:
             return FrozenMap()
@@ -462,20 +522,32 @@ class MapReader:
         for name, value in reader.data.items():
             if not isinstance(name, str):
                 raise reader.error(name, f"expected a string key, got {describe(name)}")
+            if len(name) > max_key_length:
+                raise reader.error(
+                    name, f"name too long: {len(name):,} characters (at most {max_key_length})"
+                )
             if key_pattern is not None and not key_pattern.fullmatch(name):
                 raise reader.error(name, f"invalid name {name!r}: {key_rule}")
             if not isinstance(value, str):
                 raise reader.error(name, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+            problem = text_problem(value, max_length=max_length, one_line=False)
+            if problem:
+                raise reader.error(name, problem)
             result[name] = value
         return FrozenMap(result)
 
 
 def sub_readers(
-    reader: MapReader, key: str, *, required: bool = True, non_empty: bool = False
+    reader: MapReader,
+    key: str,
+    *,
+    required: bool = True,
+    non_empty: bool = False,
+    max_items: int | None = None,
 ) -> list[MapReader]:
     """Readers for a list of mappings (hosts, vms, steps), each with its own path like 'vms[2]'."""
     result = []
-    for item, line, field in reader.items(key, required=required, non_empty=non_empty):
+    for item, line, field in reader.items(key, required=required, non_empty=non_empty, max_items=max_items):
         if not isinstance(item, YamlMap):
             raise DefinitionError(
                 f"expected a mapping, got {describe(item)}", source=reader.source, line=line, field=field

@@ -227,7 +227,7 @@ ERRORS = [
     (
         "limit negative",
         H + "    limits:\n      max_active: -1\nvms: []\n",
-        "lab.yaml:6: hosts[0].limits.max_active: expected a non-negative integer, got -1",
+        "lab.yaml:6: hosts[0].limits.max_active: expected an integer from 0 to 2147483647, got -1",
     ),
     (
         "limit float",
@@ -504,6 +504,77 @@ def test_host_limits_are_still_importable_from_the_scheduler() -> None:
 
 
 # ---- limits (docs/files.md, "Limits")
+
+
+LIMIT_ERRORS = [
+    (
+        "VM name over its column",
+        H + f"vms:\n  - {{name: {'v' * 101}, host: h1, snapshot: clean}}\n",
+        "lab.yaml:6: vms[0].name: too long: 101 characters (at most 100)",
+    ),
+    (
+        "NUL in a URI",
+        'hosts:\n  - {name: h1, backend: libvirt, uri: "qemu:///system\\0"}\nvms: []\n',
+        "lab.yaml:2: hosts[0].uri: must not contain NUL characters",
+    ),
+    (
+        "URI over its column",
+        f"hosts:\n  - {{name: h1, backend: libvirt, uri: 'test:///{'u' * 500}'}}\nvms: []\n",
+        "lab.yaml:2: hosts[0].uri: too long: 508 characters (at most 500)",
+    ),
+    (
+        "newline in an agent URL",
+        H + 'vms:\n  - {name: v, host: h1, snapshot: s, agent: "http://a:1\\n"}\n',
+        "lab.yaml:6: vms[0].agent: must be a single line, got 'http://a:1\\n'",
+    ),
+    (
+        "limit over 32 bits",
+        H + "    limits: {max_active: 99999999999}\nvms: []\n",
+        "lab.yaml:5: hosts[0].limits.max_active: expected an integer from 0 to 2147483647, got 99999999999",
+    ),
+    (
+        "sleep of two days",
+        H + "    limits: {sleep_after_revert: 2d}\nvms: []\n",
+        "lab.yaml:5: hosts[0].limits.sleep_after_revert: must be at most 24h, got 48h",
+    ),
+    (
+        "NUL in a label",
+        H + 'vms:\n  - {name: v, host: h1, snapshot: s, labels: ["a\\0"]}\n',
+        "lab.yaml:6: vms[0].labels[0]: must not contain NUL characters",
+    ),
+    (
+        "101 labels",
+        H
+        + "vms:\n  - {name: v, host: h1, snapshot: s, labels: ["
+        + ", ".join(f"l{i}" for i in range(101))
+        + "]}\n",
+        "lab.yaml:6: vms[0].labels: too many items: 101 (at most 100)",
+    ),
+    (
+        "description of 16 KiB and one character",
+        H + f"    description: {'d' * (16 * 1024 + 1)}\nvms: []\n",
+        "lab.yaml:5: hosts[0].description: too long: 16,385 characters (at most 16,384)",
+    ),
+    (
+        "1,001 hosts",
+        "hosts:\n"
+        + "".join(f"  - {{name: h{i}, backend: libvirt, uri: 'test:///default'}}\n" for i in range(1001))
+        + "vms: []\n",
+        "lab.yaml:1: hosts: too many items: 1,001 (at most 1,000)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in LIMIT_ERRORS], ids=[i for i, _, _ in LIMIT_ERRORS]
+)
+def test_limits_are_refused_with_one_line(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_more_than_10000_vms_are_refused() -> None:
+    text = H + "vms:\n" + "".join(f"  - {{name: v{i}, host: h1, snapshot: s}}\n" for i in range(10_001))
+    assert error_of(text) == "lab.yaml:5: vms: too many items: 10,001 (at most 10,000)"
 
 
 @pytest.mark.parametrize("name", ["/dev/zero", "/dev/urandom"])
