@@ -268,11 +268,13 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
     """Step name -> the VMs it gets one task each on, or a DefinitionError naming the step and line.
 
     Named VMs may be `extra` (asking by name is how extras are used) but not retired, deleted or
-    disabled; labels pick enabled `base` VMs carrying all of them, sorted by name.
+    disabled; labels pick enabled `base` VMs carrying all of them, sorted by name. A job has at most
+    MAX_TASKS tasks, which only the lab can tell: one label may match thousands of VMs.
     """
     known = {vm.name: vm for vm in vms}
     source = str(job.source)
     targets: dict[str, tuple[str, ...]] = {}
+    tasks = 0
     for index, step in enumerate(job.steps):
         if step.vms:
             for position, name in enumerate(step.vms):
@@ -308,4 +310,15 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
                     index=index,
                 )
             targets[step.name] = tuple(chosen)
+        tasks += len(targets[step.name])
+        if tasks > MAX_TASKS:
+            key = "vms" if step.vms else "labels"
+            raise _step_error(
+                step,
+                source,
+                key,
+                f"the job would have more than {MAX_TASKS:,} tasks ({tasks:,} up to this step, "
+                f"{len(targets[step.name]):,} of them here)",
+                index=index,
+            )
     return targets

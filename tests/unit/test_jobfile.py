@@ -662,6 +662,20 @@ def _sized(path: Path, size: int) -> Path:
     return path
 
 
+def test_a_job_of_more_than_10000_tasks_is_refused_at_the_step_that_crosses_the_limit(job_dir: Path) -> None:
+    lab = [TargetVM(f"vm{i}", "base", frozenset({"x"}), True) for i in range(11)]
+    steps = "".join(f"  - {{name: s{i}, run: x, labels: [x]}}\n" for i in range(1000))
+    job = parse_job(write_job(job_dir, "name: j\nsteps:\n" + steps))
+    with pytest.raises(DefinitionError) as info:
+        resolve_targets(job, lab)
+    # 909 steps of 11 tasks are 9,999 tasks; the 910th step (index 909, line 912) crosses 10,000.
+    assert str(info.value) == (
+        f"{job_dir / 'job.yaml'}:912: steps[909].labels: the job would have more than 10,000 tasks "
+        "(10,010 up to this step, 11 of them here)"
+    )
+    assert len(resolve_targets(job, lab[:10])) == 1000  # exactly 10,000 tasks
+
+
 @pytest.mark.parametrize("value", [10**400, "9" * 350, "9" * 340 + "d"])
 def test_durations_too_large_for_a_float_are_refused_not_raised(value: object) -> None:
     with pytest.raises(ValueError, match="^too large: "):
