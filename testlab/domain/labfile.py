@@ -9,9 +9,10 @@ defaults out so the output reads like a hand-written file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.inputlimits import (
     INT32_MAX,
+    MAX_DOMAIN_NAME,
     MAX_HOSTS,
     MAX_LAB_DURATION,
     MAX_LAB_FILE_BYTES,
@@ -32,6 +34,8 @@ from testlab.domain.inputlimits import (
 from testlab.domain.limits import HostLimits
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import (
+    DOMAIN_NAME_PATTERN,
+    DOMAIN_NAME_RULE,
     FrozenMap,
     MapReader,
     check_size,
@@ -136,6 +140,7 @@ def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = Non
 
     hosts: list[HostDef] = []
     host_lines: dict[str, int] = {}
+    local_dirs: dict[PurePosixPath, tuple[str, int]] = {}
     for reader in sub_readers(top, "hosts", max_items=MAX_HOSTS):
         host = _parse_host(reader, anchor)
         if host.name in host_lines:
@@ -143,6 +148,8 @@ def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = Non
                 "name", f"duplicate host name {host.name!r} (first on line {host_lines[host.name]})"
             )
         host_lines[host.name] = reader.line("name")
+        if host.backend == "local":
+            _check_own_directory(reader, host, local_dirs)
         hosts.append(host)
 
     vms: list[VMDef] = []
@@ -237,6 +244,29 @@ def _check_local_uri(reader: MapReader, uri: str) -> None:
         raise reader.error("uri", f"the path of a local URI must not contain '..', got {uri!r}")
 
 
+def _local_dir(uri: str) -> PurePosixPath:
+    # normpath keeps a leading '//' (POSIX leaves its meaning open); Linux reads it as '/'.
+    return PurePosixPath(os.path.normpath("/" + uri[len("local://") :].lstrip("/")))
+
+
+def _check_own_directory(
+    reader: MapReader, host: HostDef, seen: dict[PurePosixPath, tuple[str, int]]
+) -> None:
+    """Two local hosts in one directory (or one inside the other) would share, and break, domains."""
+    directory = _local_dir(host.uri)
+    for other_dir, (other, line) in seen.items():
+        if other_dir == directory:
+            where = f"is the directory of host {other!r} (line {line})"
+        elif directory.is_relative_to(other_dir):
+            where = f"lies inside the directory of host {other!r} (line {line})"
+        elif other_dir.is_relative_to(directory):
+            where = f"holds the directory of host {other!r} (line {line})"
+        else:
+            continue
+        raise reader.error("uri", f"{str(directory)!r} {where}: each local host needs a directory of its own")
+    seen[directory] = (host.name, reader.line("name"))
+
+
 def _parse_limits(host: MapReader) -> HostLimits:
     reader = host.mapping("limits")
     if reader is None:
@@ -267,13 +297,21 @@ def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
     return VMDef(
         name=name,
         host=host,
-        domain=reader.string("domain", name),
-        snapshot=reader.string("snapshot"),
+        domain=_domain_name(reader, "domain", name),
+        snapshot=_domain_name(reader, "snapshot"),
         role=reader.string("role", VMRole.BASE, choices=LAB_VM_ROLES),
         labels=reader.string_list("labels", check=_label_problem, max_items=MAX_LABELS, max_length=MAX_NAME),
         description=reader.text("description"),
         agent=agent,
     )
+
+
+def _domain_name(reader: MapReader, key: str, *default: str) -> str:
+    """A domain or snapshot name every backend accepts, checked here so the error has its line."""
+    value = reader.string(key, *default, max_length=MAX_DOMAIN_NAME)
+    if not DOMAIN_NAME_PATTERN.fullmatch(value):
+        raise reader.error(key, f"invalid {key} name {value!r}: use {DOMAIN_NAME_RULE}")
+    return value
 
 
 def _label_problem(label: str) -> str | None:

@@ -23,6 +23,7 @@ from testlab.domain.durations import EXPECTED as DURATION_EXPECTED
 from testlab.domain.durations import format_duration, parse_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.inputlimits import (
+    MAX_DOMAIN_NAME,
     MAX_JOB_FILE_BYTES,
     MAX_LINE,
     MAX_NAME,
@@ -38,6 +39,15 @@ T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+# Hypervisor domains and snapshots: what every backend accepts. The local backend takes exactly
+# these (a name is a directory); libvirt takes more but refuses '/' and control characters; a
+# command host receives the name shell-quoted.
+DOMAIN_NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_DOMAIN_NAME - 1}}}")
+DOMAIN_NAME_RULE = (
+    f"letters, digits, '.', '_', '+' and '-', starting with a letter or digit, "
+    f"at most {MAX_DOMAIN_NAME} characters"
+)
 
 
 class YamlMap(dict):

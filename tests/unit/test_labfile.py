@@ -503,10 +503,33 @@ def test_host_limits_are_still_importable_from_the_scheduler() -> None:
     assert fields == LIMIT_FIELDS
 
 
-# ---- limits (docs/files.md, "Limits")
+# ---- limits (docs/files.md, "Limits") and names every backend accepts
 
+DOMAIN_RULE = (
+    "use letters, digits, '.', '_', '+' and '-', starting with a letter or digit, at most 128 characters"
+)
 
 LIMIT_ERRORS = [
+    (
+        "domain with a space",
+        H + "vms:\n  - {name: v, host: h1, domain: 'a b', snapshot: clean}\n",
+        f"lab.yaml:6: vms[0].domain: invalid domain name 'a b': {DOMAIN_RULE}",
+    ),
+    (
+        "snapshot with a slash",
+        H + "vms:\n  - {name: v, host: h1, snapshot: 'a/b'}\n",
+        f"lab.yaml:6: vms[0].snapshot: invalid snapshot name 'a/b': {DOMAIN_RULE}",
+    ),
+    (
+        "snapshot starting with a dot",
+        H + "vms:\n  - {name: v, host: h1, snapshot: ..}\n",
+        f"lab.yaml:6: vms[0].snapshot: invalid snapshot name '..': {DOMAIN_RULE}",
+    ),
+    (
+        "domain of 129 characters",
+        H + f"vms:\n  - {{name: v, host: h1, domain: {'d' * 129}, snapshot: clean}}\n",
+        "lab.yaml:6: vms[0].domain: too long: 129 characters (at most 128)",
+    ),
     (
         "VM name over its column",
         H + f"vms:\n  - {{name: {'v' * 101}, host: h1, snapshot: clean}}\n",
@@ -526,6 +549,24 @@ LIMIT_ERRORS = [
         "newline in an agent URL",
         H + 'vms:\n  - {name: v, host: h1, snapshot: s, agent: "http://a:1\\n"}\n',
         "lab.yaml:6: vms[0].agent: must be a single line, got 'http://a:1\\n'",
+    ),
+    (
+        "two local hosts in one directory",
+        H + "  - {name: h2, backend: local, uri: 'local:////var/tmp/lab/'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp/lab' is the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
+    ),
+    (
+        "a local host inside another's directory",
+        H + "  - {name: h2, backend: local, uri: 'local:///var/tmp/lab/vm1'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp/lab/vm1' lies inside the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
+    ),
+    (
+        "a local host around another's directory",
+        H + "  - {name: h2, backend: local, uri: 'local:///var/tmp'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp' holds the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
     ),
     (
         "limit over 32 bits",
@@ -570,6 +611,13 @@ LIMIT_ERRORS = [
 )
 def test_limits_are_refused_with_one_line(text: str, expected: str) -> None:
     assert error_of(text) == expected
+
+
+def test_names_at_the_limits_are_accepted() -> None:
+    parsed = lab(
+        H + f"vms:\n  - {{name: {'v' * 100}, host: h1, domain: {'d' * 128}, snapshot: 'win10+sp1_x.y-z'}}\n"
+    )
+    assert parsed.vms[0].domain == "d" * 128 and parsed.vms[0].snapshot == "win10+sp1_x.y-z"
 
 
 def test_more_than_10000_vms_are_refused() -> None:
