@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from testlab.domain.commands import COMMAND_OPERATIONS, REQUIRED_COMMANDS, template_problem
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.inputlimits import (
@@ -45,9 +46,6 @@ from testlab.domain.yamlsource import (
 )
 
 BACKENDS = ("local", "libvirt", "command")
-COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")
-# A `command` host has no other way to drive its domains than these templates.
-REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
 # How libvirt runs a host's domains: `kvm` (hardware virtualisation, the default) or `qemu` (software
 # emulation, for hosts without usable virtualisation extensions). Used when testlab defines a domain.
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -183,16 +181,15 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
     commands = reader.string_map("commands")
     for operation, command in commands.items():
         if operation not in COMMAND_OPERATIONS:
+            problem = f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})"
+        elif not command.strip():
+            problem = "must not be empty"
+        else:
+            problem = template_problem(command)
+        if problem:
             raise reader.error(
                 None,
-                f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})",
-                line=reader.data["commands"].key_line(operation),
-                field=f"{reader.field('commands')}.{operation}",
-            )
-        if not command.strip():
-            raise reader.error(
-                None,
-                "must not be empty",
+                problem,
                 line=reader.data["commands"].key_line(operation),
                 field=f"{reader.field('commands')}.{operation}",
             )

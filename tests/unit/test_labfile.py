@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from testlab.domain.commands import COMMAND_OPERATIONS, COMMAND_PLACEHOLDERS, REQUIRED_COMMANDS
 from testlab.domain.errors import DefinitionError
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
 from testlab.domain.limits import LIMIT_FIELDS, HostLimits
@@ -254,8 +255,7 @@ ERRORS = [
         "unknown command",
         H + "    commands:\n      reboot: ipmitool power cycle\nvms: []\n",
         "lab.yaml:6: hosts[0].commands.reboot: unknown operation (allowed: power_on, power_off, "
-        "state, revert, "
-        "power_cycle, health)",
+        "state, revert, power_cycle, health, list_snapshots, create_snapshot)",
     ),
     (
         "command not string",
@@ -603,6 +603,29 @@ LIMIT_ERRORS = [
         + "vms: []\n",
         "lab.yaml:1: hosts: too many items: 1,001 (at most 1,000)",
     ),
+    (
+        "unknown placeholder",
+        H + "    commands: {power_cycle: 'pdu cycle {nosuch}'}\nvms: []\n",
+        "lab.yaml:5: hosts[0].commands.power_cycle: uses unknown placeholders: {nosuch} "
+        "(known: {domain}, {snapshot}, {host})",
+    ),
+    (
+        "placeholder with a format",
+        H + "    commands:\n      power_cycle: 'pdu cycle {host:.3}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} takes no conversion or format; "
+        "write {host}",
+    ),
+    (
+        "unclosed brace",
+        H + "    commands:\n      power_cycle: 'pdu cycle {host'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: not a valid template (expected '}' before end of "
+        "string); write {{ and }} for literal braces",
+    ),
+    (
+        "NUL in a command",
+        H + '    commands:\n      power_cycle: "pdu cycle\\0"\nvms: []\n',
+        "lab.yaml:6: hosts[0].commands.power_cycle: must not contain NUL characters",
+    ),
 ]
 
 
@@ -641,3 +664,15 @@ def test_a_lab_file_is_at_most_4_mib(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError) as info:
         parse_lab(path)
     assert str(info.value) == f"{path}: too large: 4,194,305 bytes (at most 4,194,304)"
+
+
+def test_the_command_backend_shares_the_parsers_template_rules() -> None:
+    from testlab.hypervisor import open_backend
+    from testlab.hypervisor.command import REQUIRED
+    from testlab.hypervisor.runner import OPERATIONS, PLACEHOLDERS
+
+    assert set(PLACEHOLDERS) == set(COMMAND_PLACEHOLDERS)
+    assert OPERATIONS == COMMAND_OPERATIONS and REQUIRED == REQUIRED_COMMANDS
+    commands = {"power_on": "on", "power_off": "off", "state": "st", "revert": "pxe {domain} {snapshot:.3}"}
+    with pytest.raises(ValueError, match=r"placeholder \{snapshot\} takes no conversion or format"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
