@@ -4,8 +4,10 @@ The lab-file parser and the backends' command runner (testlab/hypervisor/runner.
 module, so that a template the parser accepts is one the runner takes, and the parser does not depend
 on the hypervisor package.
 
-The backend substitutes `{domain}`, `{snapshot}` and `{host}` shell-quoted; a template naming any
-other placeholder is refused.
+The backend substitutes `{domain}`, `{snapshot}` and `{host}` already shell-quoted (`'win 10'`). A
+placeholder that the template quotes again (`'{domain}'`, `"{host}"`) or escapes (`\\{domain}`)
+turns that quoting inside out: the value would then be read by the shell unquoted, and a `$(...)`
+in it would run. Such templates are refused, as are placeholders the backend does not know.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
 OPTIONAL_COMMANDS = ("power_cycle", "health", "list_snapshots", "create_snapshot")
 COMMAND_OPERATIONS = REQUIRED_COMMANDS + OPTIONAL_COMMANDS
 
+_QUOTE_NAMES = {"'": "single", '"': "double"}
 _KNOWN = ", ".join(f"{{{name}}}" for name in COMMAND_PLACEHOLDERS)
 
 
@@ -27,7 +30,9 @@ def template_problem(template: str) -> str | None:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         return f"not a valid template ({exc}); write {{{{ and }}}} for literal braces"
-    for _, name, spec, conversion in parts:
+    quotes = _QuoteState()
+    for literal, name, spec, conversion in parts:
+        quotes.feed(literal)
         if name is None:
             continue
         shown = "{" + name + "}"
@@ -35,4 +40,37 @@ def template_problem(template: str) -> str | None:
             return f"uses unknown placeholders: {shown} (known: {_KNOWN})"
         if spec or conversion:
             return f"placeholder {shown} takes no conversion or format; write {shown}"
+        if quotes.open is not None:
+            quote = _QUOTE_NAMES[quotes.open]
+            return (
+                f"placeholder {shown} is inside {quote} quotes: it is substituted shell-quoted already, "
+                f"and quoting it again unquotes it; remove the quotes around it"
+            )
+        if quotes.escaped:
+            return f"placeholder {shown} follows a backslash, which would undo its quoting"
+        if literal.endswith("$"):
+            return f"placeholder {shown} follows '$', which would change its quoting"
     return None
+
+
+class _QuoteState:
+    """Which shell quote is open at the end of the text fed so far (POSIX sh rules, no nesting)."""
+
+    def __init__(self) -> None:
+        self.open: str | None = None  # "'" or '"'
+        self.escaped = False  # the last character was an unquoted or double-quoted backslash
+
+    def feed(self, text: str) -> None:
+        for ch in text:
+            if self.open == "'":
+                if ch == "'":
+                    self.open = None
+            elif self.escaped:
+                self.escaped = False
+            elif ch == "\\":
+                self.escaped = True
+            elif self.open == '"':
+                if ch == '"':
+                    self.open = None
+            elif ch in "'\"":
+                self.open = ch

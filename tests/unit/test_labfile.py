@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from testlab.domain.commands import COMMAND_OPERATIONS, COMMAND_PLACEHOLDERS, REQUIRED_COMMANDS
+from testlab.domain.commands import (
+    COMMAND_OPERATIONS,
+    COMMAND_PLACEHOLDERS,
+    REQUIRED_COMMANDS,
+    template_problem,
+)
 from testlab.domain.errors import DefinitionError
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
 from testlab.domain.limits import LIMIT_FIELDS, HostLimits
@@ -610,6 +615,24 @@ LIMIT_ERRORS = [
         "(known: {domain}, {snapshot}, {host})",
     ),
     (
+        "placeholder in single quotes",
+        H + "    commands:\n      power_cycle: ssh bmc 'cycle {domain}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {domain} is inside single quotes: it is "
+        "substituted shell-quoted already, and quoting it again unquotes it; remove the quotes around it",
+    ),
+    (
+        "placeholder in double quotes",
+        H + "    commands:\n      power_cycle: 'pdu cycle \"{host}\"'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} is inside double quotes: it is "
+        "substituted shell-quoted already, and quoting it again unquotes it; remove the quotes around it",
+    ),
+    (
+        "placeholder after a backslash",
+        H + "    commands:\n      power_cycle: 'pdu cycle \\{host}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} follows a backslash, which would "
+        "undo its quoting",
+    ),
+    (
         "placeholder with a format",
         H + "    commands:\n      power_cycle: 'pdu cycle {host:.3}'\nvms: []\n",
         "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} takes no conversion or format; "
@@ -676,3 +699,25 @@ def test_the_command_backend_shares_the_parsers_template_rules() -> None:
     commands = {"power_on": "on", "power_off": "off", "state": "st", "revert": "pxe {domain} {snapshot:.3}"}
     with pytest.raises(ValueError, match=r"placeholder \{snapshot\} takes no conversion or format"):
         open_backend("command", "rack", "command://rack", {"commands": commands})
+    commands["revert"] = "ssh pxe '{domain}'"
+    with pytest.raises(ValueError, match=r"placeholder \{domain\} is inside single quotes"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
+    commands["revert"] = 'ssh pxe "$(echo {snapshot})"'
+    with pytest.raises(ValueError, match=r"placeholder \{snapshot\} is inside double quotes"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
+
+
+def test_a_quoted_placeholder_would_have_run_the_value(tmp_path: Path) -> None:
+    """Why quoted placeholders are refused: the backend's own quoting, quoted again, comes undone."""
+    import shlex
+
+    marker = tmp_path / "ran"
+    value = f"x$(touch {marker})"
+    template = "echo '{domain}' > /dev/null"
+    subprocess.run(["/bin/sh", "-c", template.format(domain=shlex.quote(value))], check=True)
+    assert marker.exists()
+    assert template_problem(template) is not None
+    marker.unlink()
+    unquoted = "echo {domain} > /dev/null"
+    subprocess.run(["/bin/sh", "-c", unquoted.format(domain=shlex.quote(value))], check=True)
+    assert not marker.exists()
