@@ -21,8 +21,10 @@ import yaml
 from testlab.domain.commands import COMMAND_OPERATIONS, REQUIRED_COMMANDS, template_problem
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.hostoptions import dump_host_options, parse_host_options
 from testlab.domain.inputlimits import (
     INT32_MAX,
+    INT64_MAX,
     MAX_DOMAIN_NAME,
     MAX_HOSTS,
     MAX_LAB_DURATION,
@@ -33,6 +35,7 @@ from testlab.domain.inputlimits import (
     MAX_VMS,
 )
 from testlab.domain.limits import HostLimits
+from testlab.domain.sizes import format_size
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import (
     DOMAIN_NAME_PATTERN,
@@ -56,6 +59,8 @@ _HOST_KEYS = (
     "backend",
     "uri",
     "limits",
+    "min_free_disk",
+    "options",
     "commands",
     "agent_token_file",
     "domain_type",
@@ -227,6 +232,8 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         agent_token_file=token_file,
         description=reader.text("description"),
         domain_type=domain_type,
+        options=parse_host_options(reader, backend),
+        min_free_disk=reader.size("min_free_disk", None, maximum=INT64_MAX),
     )
 
 
@@ -345,6 +352,11 @@ def dump_lab(lab: LabDef) -> str:
             limits["sleep_after_revert"] = format_duration(limits["sleep_after_revert"])
         if limits:
             item["limits"] = limits
+        if host.min_free_disk is not None:
+            size = format_size(host.min_free_disk)
+            item["min_free_disk"] = int(size) if size.isdigit() else size
+        if host.options:
+            item["options"] = dump_host_options(host.options)
         if host.commands:
             item["commands"] = dict(host.commands)
         if host.agent_token_file is not None:

@@ -34,12 +34,12 @@ from testlab.domain.inputlimits import (
     preview,
     text_problem,
 )
+from testlab.domain.sizes import parse_size
 
 T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
-
 # Hypervisor domains and snapshots: what every backend accepts. The local backend takes exactly
 # these (a name is a directory); libvirt takes more but refuses '/' and control characters; a
 # command host receives the name shell-quoted.
@@ -70,15 +70,15 @@ class YamlList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-class FrozenMap(Mapping[str, str]):
-    """An immutable, hashable str -> str mapping, so definition dataclasses stay truly frozen."""
+class FrozenMap(Mapping[str, Any]):
+    """An immutable, hashable mapping of str keys, so definition dataclasses stay truly frozen."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         self._items = dict(items)
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> Any:
         return self._items[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -88,7 +88,9 @@ class FrozenMap(Mapping[str, str]):
         return len(self._items)
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._items.items()))
+        # The keys only: values may be plain lists and mappings (host options), and equal maps have
+        # equal keys, which is all a hash must respect.
+        return hash(frozenset(self._items))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
@@ -450,6 +452,19 @@ class MapReader:
                 key, f"must be at most {format_duration(maximum)}, got {format_duration(seconds)}"
             )
         return seconds
+
+    def size(self, key: str, default: Any, *, maximum: int) -> Any:
+        """A size in bytes ("5G", "500M", "1.5T" or a number of bytes) of at most `maximum`."""
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+        if size > maximum:
+            raise self.error(key, f"must be at most {maximum} bytes, got {preview(value)}")
+        return size
 
     def mapping(self, key: str) -> MapReader | None:
         if key not in self.data:

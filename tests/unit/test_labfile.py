@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ from testlab.domain.commands import (
     template_problem,
 )
 from testlab.domain.errors import DefinitionError
+from testlab.domain.hostoptions import BACKEND_OPERATIONS
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
 from testlab.domain.limits import LIMIT_FIELDS, HostLimits
 
@@ -170,7 +173,7 @@ ERRORS = [
         "host unknown key",
         H + "    colour: red\nvms: []\n",
         "lab.yaml:5: hosts[0].colour: unknown key (allowed: agent_token_file, backend, commands, "
-        "description, domain_type, limits, name, uri)",
+        "description, domain_type, limits, min_free_disk, name, options, uri)",
     ),
     (
         "host missing uri",
@@ -687,6 +690,157 @@ def test_a_lab_file_is_at_most_4_mib(tmp_path: Path) -> None:
     with pytest.raises(DefinitionError) as info:
         parse_lab(path)
     assert str(info.value) == f"{path}: too large: 4,194,305 bytes (at most 4,194,304)"
+
+
+# ---- min_free_disk and options
+
+OPTION_ERRORS = [
+    (
+        "size with a decimal unit",
+        H + "    min_free_disk: 5GB\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: expected a size like 5G, 500M, 1.5T or 64K (powers of 1024), "
+        "or a number of bytes, got '5GB'",
+    ),
+    (
+        "negative size",
+        H + "    min_free_disk: -1\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: must not be negative, got -1",
+    ),
+    (
+        "size over 64 bits",
+        H + "    min_free_disk: 99999999T\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: must be at most 9223372036854775807 bytes, got '99999999T'",
+    ),
+    (
+        "fractional number of bytes",
+        H + "    min_free_disk: 1.5\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: expected a size like 5G, 500M, 1.5T or 64K (powers of 1024), "
+        "or a number of bytes, got 1.5",
+    ),
+    (
+        "options not a mapping",
+        H + "    options: [a]\nvms: []\n",
+        "lab.yaml:5: hosts[0].options: expected a mapping, got a list",
+    ),
+    (
+        "commands inside options",
+        H + "    options:\n      commands: {power_cycle: x}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.commands: commands is a key of the host itself, not an option",
+    ),
+    (
+        "option of another backend",
+        H + "    options: {snapshots: [a]}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.snapshots: unknown option for a local host "
+        "(allowed: boot_timeout, spare_copies, timeouts)",
+    ),
+    (
+        "spare_copies not a boolean",
+        H + "    options: {spare_copies: 'no'}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.spare_copies: expected true or false, got 'no'",
+    ),
+    (
+        "zero boot timeout",
+        H + "    options: {boot_timeout: 0s}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.boot_timeout: must be more than 0",
+    ),
+    (
+        "timeout of an unknown operation",
+        H + "    options:\n      timeouts: {reboot: 5m}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.timeouts.reboot: unknown operation (allowed: agent_address, "
+        "create_snapshot, ensure_domain, health, list_snapshots, power_cycle, power_off, power_on, revert, "
+        "state)",
+    ),
+    (
+        "timeout of two days",
+        H + "    options:\n      timeouts: {revert: 2d}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.timeouts.revert: must be at most 24h, got 48h",
+    ),
+    (
+        "libvirt host with a local option",
+        "hosts:\n  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {spare_copies: false}}\n"
+        "vms: []\n",
+        "lab.yaml:2: hosts[0].options.spare_copies: unknown option for a libvirt host (allowed: timeouts)",
+    ),
+    (
+        "bad snapshot name of a command host",
+        "hosts:\n  - name: c\n    backend: command\n    uri: command://c\n"
+        "    commands: {power_on: a, power_off: b, state: c, revert: d}\n"
+        "    options:\n      snapshots: [debian-12, 'win 11']\n"
+        "vms: []\n",
+        f"lab.yaml:7: hosts[0].options.snapshots[1]: invalid snapshot name 'win 11': {DOMAIN_RULE}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in OPTION_ERRORS], ids=[i for i, _, _ in OPTION_ERRORS]
+)
+def test_option_errors(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+OPTIONS_LAB = """\
+hosts:
+  - name: sandbox
+    backend: local
+    uri: local:///var/tmp/sandbox
+    min_free_disk: 5G
+    options:
+      spare_copies: false
+      boot_timeout: 30s
+      timeouts: {revert: 10m, power_on: 90s}
+  - name: kvm
+    backend: libvirt
+    uri: qemu:///system
+    min_free_disk: 1.5T
+    options:
+      timeouts: {revert: 1h30m}
+  - name: rack
+    backend: command
+    uri: command://rack
+    min_free_disk: 123456789
+    commands: {power_on: a, power_off: b, state: c, revert: 'reinstall {domain} {snapshot}'}
+    options:
+      snapshots: [debian-12, win11]
+      timeouts: {revert: 2h}
+vms: []
+"""
+
+
+def test_options_and_min_free_disk_are_read_as_plain_data_and_round_trip() -> None:
+    parsed = lab(OPTIONS_LAB)
+    sandbox, kvm, rack = parsed.hosts
+    assert sandbox.min_free_disk == 5 * 1024**3
+    assert dict(sandbox.options) == {
+        "spare_copies": False,
+        "boot_timeout": 30.0,
+        "timeouts": {"revert": 600.0, "power_on": 90.0},
+    }
+    assert kvm.min_free_disk == 1649267441664 and dict(kvm.options) == {"timeouts": {"revert": 5400.0}}
+    assert rack.min_free_disk == 123456789
+    assert dict(rack.options) == {"snapshots": ["debian-12", "win11"], "timeouts": {"revert": 7200.0}}
+    assert json.loads(json.dumps(dict(rack.options))) == dict(rack.options)  # what the JSON column stores
+    hash(parsed)
+    dumped = dump_lab(parsed)
+    assert (
+        "  min_free_disk: 1.5T\n" in dumped
+        and "  min_free_disk: 123456789\n" in dumped
+        and "    timeouts:\n      revert: 1h30m\n" in dumped
+    )
+    assert parse_lab_text(dumped) == parsed
+    assert lab(GOOD).hosts[0].min_free_disk is None and dict(lab(GOOD).hosts[0].options) == {}
+
+
+def test_options_from_the_database_compare_equal_to_parsed_ones() -> None:
+    parsed = lab(OPTIONS_LAB).hosts[2]
+    stored = json.loads(json.dumps({"options": dict(parsed.options)}))["options"]
+    assert dataclasses.replace(parsed, options=stored) == parsed
+
+
+def test_backend_operations_are_the_drivers() -> None:
+    from testlab.hypervisor.driver import DEFAULT_TIMEOUTS
+
+    assert set(BACKEND_OPERATIONS) == set(DEFAULT_TIMEOUTS)
 
 
 def test_the_command_backend_shares_the_parsers_template_rules() -> None:
