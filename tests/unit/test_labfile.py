@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -875,3 +876,13 @@ def test_a_quoted_placeholder_would_have_run_the_value(tmp_path: Path) -> None:
     unquoted = "echo {domain} > /dev/null"
     subprocess.run(["/bin/sh", "-c", unquoted.format(domain=shlex.quote(value))], check=True)
     assert not marker.exists()
+
+
+def test_the_command_host_of_the_backend_docs_parses() -> None:
+    docs = (EXAMPLES.parent / "docs" / "hypervisors.md").read_text()
+    section = docs[docs.index("## `command`") :]
+    snippet = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert snippet is not None
+    (host,) = lab("hosts:\n" + textwrap.indent(snippet.group(1), "  ") + "vms: []\n").hosts
+    assert host.backend == "command" and "revert" in host.commands
+    assert dict(host.options) == {"snapshots": ["debian-12", "win11"], "timeouts": {"revert": 5400.0}}
