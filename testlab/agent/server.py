@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import platform
 import queue
@@ -52,6 +53,7 @@ MAX_JSON_BODY = 1 << 20
 MAX_OUTPUT_CHUNK = 16 << 20
 DEFAULT_OUTPUT_CHUNK = 4 << 20
 MAX_WAIT = 300.0
+MAX_OFFSET = (1 << 63) - 1  # the largest file offset the OS takes
 IO_CHUNK = 1 << 20
 RECV_CHUNK = 1 << 20
 RECV_BUFFERS = 4
@@ -547,9 +549,9 @@ class CommandStore:
             raise RequestError(400, "'env' must be an object of strings")
         timeout = body.get("timeout")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not _positive(timeout)
         ):
-            raise RequestError(400, "'timeout' must be a positive number of seconds")
+            raise RequestError(400, "'timeout' must be a positive, finite number of seconds")
         cwd = body.get("cwd", ".")
         cwd_abs = self.ws.resolve(cwd, allow_root=True, what="cwd")
         with self._start_lock:
@@ -643,6 +645,16 @@ class CommandStore:
 
 
 # ------------------------------------------------------------------------------------------------ http
+
+
+def _positive(number):
+    """Whether a JSON number is positive and finite: JSON gives inf for 1e400, and a float too large
+    for an int (10**400) would overflow where it meets the clock."""
+    try:
+        value = float(number)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _padded(n, block=tarfile.BLOCKSIZE):
@@ -833,7 +845,12 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(400, f"bad JSON body: {exc}", "bad_json") from None
 
     @staticmethod
-    def _float(query, name, default, low=0.0, high=None):
+    def _float(query, name, default, low=0.0, high=None, maximum=None):
+        """A number from the query: at least `low`, cut to `high`, refused above `maximum`.
+
+        float() takes "1e400", "inf" and "nan": they are refused here, not turned into an overflow
+        (a 500) further on.
+        """
         raw = query.get(name)
         if raw is None or raw == "":
             return default
@@ -841,8 +858,12 @@ class Handler(BaseHTTPRequestHandler):
             value = float(raw)
         except ValueError:
             raise RequestError(400, f"{name} must be a number") from None
-        if value != value or value < low:
+        if not math.isfinite(value):
+            raise RequestError(400, f"{name} must be a finite number, got {raw[:40]!r}")
+        if value < low:
             raise RequestError(400, f"{name} must be >= {low}")
+        if maximum is not None and value > maximum:
+            raise RequestError(400, f"{name} must be at most {maximum}")
         return value if high is None else min(value, high)
 
     # ---- routes
@@ -1030,7 +1051,7 @@ class Handler(BaseHTTPRequestHandler):
         _write_zeros(self.wfile, total - sent)
 
     def _output(self, cid, query):
-        offset = int(self._float(query, "offset", 0))
+        offset = int(self._float(query, "offset", 0, maximum=MAX_OFFSET))
         limit = int(self._float(query, "limit", DEFAULT_OUTPUT_CHUNK, low=1, high=MAX_OUTPUT_CHUNK))
         wait = self._float(query, "wait", 0.0, high=MAX_WAIT)
         data, size, st = self.server.commands.read_output(cid, offset, limit, wait)
