@@ -62,6 +62,7 @@ STAGED_TTL = 600.0
 COMMITTED_MEMORY = 256
 TRASH_MIN_SIZE = 8 << 20
 KILL_GRACE = 2.0
+EXIT_RESERVE = 4096  # bytes set aside per command for its exit record; one record takes about 80
 FINISHED = ("exited", "killed", "timeout")
 
 
@@ -87,10 +88,51 @@ def write_json_atomic(path, obj):
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps(obj).encode())
+        try:
+            _write_all(fd, memoryview(json.dumps(obj).encode()))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def reserve_exit_record(cmd_dir):
+    """Sets aside the space of a command's exit record while there is space.
+
+    A task that fills the disk would otherwise leave its supervisor unable to write how it ended,
+    and the command would look lost (an infrastructure error) instead of exited with its status.
+    The reserve is real blocks (written, not a sparse file) that write_exit_record overwrites in
+    place and renames, which needs no new space on file systems that overwrite in place.
+    """
+    fd = os.open(os.path.join(cmd_dir, "exit.reserve"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, memoryview(b" " * EXIT_RESERVE))
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def write_exit_record(cmd_dir, obj):
+    """Writes exit.json into the command's reserve (JSON allows the trailing spaces that pad it).
+
+    Falls back to an ordinary write when there is no reserve (a command dir of an older agent)."""
+    data = json.dumps(obj).encode()
+    reserve = os.path.join(cmd_dir, "exit.reserve")
+    if len(data) <= EXIT_RESERVE:
+        try:
+            fd = os.open(reserve, os.O_WRONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                os.pwrite(fd, data + b" " * (EXIT_RESERVE - len(data)), 0)
+            finally:
+                os.close(fd)
+            os.replace(reserve, os.path.join(cmd_dir, "exit.json"))
+            return
+    write_json_atomic(os.path.join(cmd_dir, "exit.json"), obj)
 
 
 def read_json(path):
@@ -391,12 +433,12 @@ def _supervise(cmd_dir, spec, env):
     proc = _launch(spec, env, out_fd)
     os.close(out_fd)
     if proc is None:
-        write_json_atomic(
-            os.path.join(cmd_dir, "exit.json"), {"state": "exited", "exit_code": 127, "ended": time.time()}
-        )
+        write_exit_record(cmd_dir, {"state": "exited", "exit_code": 127, "ended": time.time()})
         return
     child = proc.pid  # the leader of the command's process group
-    write_json_atomic(os.path.join(cmd_dir, "pid.json"), {"pid": child, "pgid": child})
+    # For whoever cleans up after us; the command runs and is supervised without it (a full disk).
+    with contextlib.suppress(OSError):
+        write_json_atomic(os.path.join(cmd_dir, "pid.json"), {"pid": child, "pgid": child})
     kill_marker = os.path.join(cmd_dir, "kill")
     timeout = spec.get("timeout")
     deadline = time.monotonic() + timeout if timeout else None
@@ -423,9 +465,8 @@ def _supervise(cmd_dir, spec, env):
                 os.read(waker, 512)
     # The command's process group does not outlive its leader.
     _kill_group(child, signal.SIGKILL)
-    write_json_atomic(
-        os.path.join(cmd_dir, "exit.json"),
-        {"state": reason or "exited", "exit_code": proc.returncode, "ended": time.time()},
+    write_exit_record(
+        cmd_dir, {"state": reason or "exited", "exit_code": proc.returncode, "ended": time.time()}
     )
 
 
@@ -446,10 +487,7 @@ def spawn_supervisor(cmd_dir, spec, env):
         with contextlib.suppress(BaseException):
             with open(os.path.join(cmd_dir, "output"), "a") as f:
                 f.write(f"testlab-agent: supervisor failed: {exc!r}\n")
-            write_json_atomic(
-                os.path.join(cmd_dir, "exit.json"),
-                {"state": "exited", "exit_code": 127, "ended": time.time()},
-            )
+            write_exit_record(cmd_dir, {"state": "exited", "exit_code": 127, "ended": time.time()})
     os._exit(code)
 
 
@@ -489,7 +527,7 @@ class CommandStore:
             ended = read_json(os.path.join(d, "exit.json"))
             if ended is None:
                 ended = {"state": "killed", "exit_code": None, "ended": time.time(), "lost": True}
-                write_json_atomic(os.path.join(d, "exit.json"), ended)
+                write_exit_record(d, ended)
         if ended is None:
             base.update(state="running", exit_code=None, ended=None)
         else:
@@ -559,8 +597,6 @@ class CommandStore:
                 return self.state(cid), False
             if os.path.exists(cwd_abs) and not os.path.isdir(cwd_abs):
                 raise RequestError(400, f"cwd {cwd!r} is not a directory", "bad_cwd")
-            os.makedirs(cwd_abs, exist_ok=True)
-            os.makedirs(d, exist_ok=True)
             spec = {
                 "id": cid,
                 "argv": argv,
@@ -572,17 +608,30 @@ class CommandStore:
                 "boot_id": self.boot_id,
                 "started": time.time(),
             }
-            write_json_atomic(os.path.join(d, "spec.json"), spec)
+            try:
+                os.makedirs(cwd_abs, exist_ok=True)
+                os.makedirs(d, exist_ok=True)
+                reserve_exit_record(d)
+                write_json_atomic(os.path.join(d, "spec.json"), spec)  # from here on the id is known
+            except OSError as exc:
+                shutil.rmtree(d, ignore_errors=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise RequestError(
+                        507, f"cannot start {cid!r}: no space left on the agent's disk", "disk_full"
+                    ) from None
+                raise
             full_env = dict(os.environ)
             full_env.update(env)
             pid = spawn_supervisor(d, spec, full_env)
             with self._cond:
                 self._children[cid] = pid
             st = proc_stat(pid)
-            write_json_atomic(
-                os.path.join(d, "supervisor.json"),
-                {"pid": pid, "sys_boot": self._sys_boot, "start_ticks": st[1] if st else None},
-            )
+            # Tells a restarted agent whether the supervisor still runs; this agent knows its children.
+            with contextlib.suppress(OSError):
+                write_json_atomic(
+                    os.path.join(d, "supervisor.json"),
+                    {"pid": pid, "sys_boot": self._sys_boot, "start_ticks": st[1] if st else None},
+                )
             self.commands_run += 1
             threading.Thread(target=self._reap, args=(cid, pid), daemon=True).start()
         return self.state(cid), True
