@@ -8,14 +8,15 @@ an option the backend would silently ignore is a typo or a misunderstanding.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from testlab.domain.durations import format_duration
 from testlab.domain.inputlimits import MAX_DOMAIN_NAME, MAX_LAB_DURATION, MAX_SNAPSHOT_NAMES
 from testlab.domain.yamlsource import DOMAIN_NAME_PATTERN, DOMAIN_NAME_RULE, MapReader, describe
 
-# The operations of a backend, as the host driver names them (testlab/hypervisor/driver.py,
-# DEFAULT_TIMEOUTS): each may get its own deadline under `timeouts`.
+# The operations of a backend, as the backends name them (testlab/hypervisor/base.py, OPERATIONS):
+# each may get its own deadline under `timeouts`.
 BACKEND_OPERATIONS = (
     "revert",
     "state",
@@ -29,15 +30,18 @@ BACKEND_OPERATIONS = (
     "ensure_domain",
 )
 HOST_OPTIONS: Mapping[str, tuple[str, ...]] = {
-    "local": ("spare_copies", "boot_timeout", "timeouts"),
-    "libvirt": ("timeouts",),
+    "local": ("agent_script", "spare_copies", "boot_timeout", "timeouts"),
+    "libvirt": ("shutdown_grace", "timeouts"),
     "command": ("snapshots", "timeouts"),
 }
-_DURATIONS = ("boot_timeout",)
+_DURATIONS = ("boot_timeout", "shutdown_grace")
+_MAY_BE_ZERO = ("shutdown_grace",)  # 0: the guest is destroyed at once
 
 
-def parse_host_options(host: MapReader, backend: str) -> dict[str, Any]:
-    """The host's `options:` as plain data, e.g. {"spare_copies": False, "timeouts": {"revert": 600.0}}."""
+def parse_host_options(host: MapReader, backend: str, anchor: Path) -> dict[str, Any]:
+    """The host's `options:` as plain data, e.g. {"spare_copies": False, "timeouts": {"revert": 600.0}}.
+
+    A relative `agent_script` is relative to `anchor`, the lab file's directory."""
     reader = host.mapping("options")
     if reader is None:
         return {}
@@ -55,9 +59,11 @@ def parse_host_options(host: MapReader, backend: str) -> dict[str, Any]:
         if not isinstance(value, bool):
             raise reader.error("spare_copies", f"expected true or false, got {describe(value)}")
         options["spare_copies"] = value
+    if reader.has("agent_script"):
+        options["agent_script"] = reader.existing_file("agent_script", anchor)
     for key in _DURATIONS:
         if reader.has(key):
-            options[key] = _positive_duration(reader, key)
+            options[key] = _duration(reader, key, zero=key in _MAY_BE_ZERO)
     if reader.has("timeouts"):
         options["timeouts"] = _timeouts(reader)
     if reader.has("snapshots"):
@@ -80,13 +86,13 @@ def _timeouts(options: MapReader) -> dict[str, float]:
     for key in reader.data:
         if key not in BACKEND_OPERATIONS:
             raise reader.error(key, f"unknown operation (allowed: {', '.join(sorted(BACKEND_OPERATIONS))})")
-        result[key] = _positive_duration(reader, key)
+        result[key] = _duration(reader, key)
     return result
 
 
-def _positive_duration(reader: MapReader, key: str) -> float:
+def _duration(reader: MapReader, key: str, *, zero: bool = False) -> float:
     seconds = reader.duration(key, 0.0, maximum=MAX_LAB_DURATION)
-    if seconds <= 0:
+    if seconds <= 0 and not zero:
         raise reader.error(key, "must be more than 0")
     return seconds
 

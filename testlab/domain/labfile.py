@@ -30,7 +30,6 @@ from testlab.domain.inputlimits import (
     MAX_LAB_DURATION,
     MAX_LAB_FILE_BYTES,
     MAX_LABELS,
-    MAX_LINE,
     MAX_NAME,
     MAX_VMS,
 )
@@ -212,17 +211,7 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         if backend != "libvirt":
             raise reader.error("domain_type", f"only libvirt hosts have a domain type, not {backend} hosts")
         domain_type = reader.string("domain_type", choices=DOMAIN_TYPES)
-    token_file = None
-    if reader.has("agent_token_file"):
-        token_path = Path(reader.string("agent_token_file"))
-        resolved = token_path if token_path.is_absolute() else anchor / token_path
-        if not resolved.is_file():
-            raise reader.error("agent_token_file", f"no such file: {str(resolved)!r}")
-        token_file = str(resolved)
-        if len(token_file) > MAX_LINE:
-            raise reader.error(
-                "agent_token_file", f"path too long: {len(token_file):,} characters (at most {MAX_LINE})"
-            )
+    token_file = reader.existing_file("agent_token_file", anchor) if reader.has("agent_token_file") else None
     return HostDef(
         name=name,
         backend=backend,
@@ -232,7 +221,7 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         agent_token_file=token_file,
         description=reader.text("description"),
         domain_type=domain_type,
-        options=parse_host_options(reader, backend),
+        options=parse_host_options(reader, backend, anchor),
         min_free_disk=reader.size("min_free_disk", None, maximum=INT64_MAX),
     )
 

@@ -466,6 +466,16 @@ class MapReader:
             raise self.error(key, f"must be at most {maximum} bytes, got {preview(value)}")
         return size
 
+    def existing_file(self, key: str, anchor: Path) -> str:
+        """The absolute path of a file that must exist; a relative path is relative to `anchor`."""
+        path = Path(self.string(key))
+        resolved = str(path if path.is_absolute() else anchor / path)
+        if not Path(resolved).is_file():
+            raise self.error(key, f"no such file: {resolved!r}")
+        if len(resolved) > MAX_LINE:  # the lab keeps the absolute path
+            raise self.error(key, f"path too long: {len(resolved):,} characters (at most {MAX_LINE})")
+        return resolved
+
     def mapping(self, key: str) -> MapReader | None:
         if key not in self.data:
             return None

@@ -19,7 +19,7 @@ from testlab.domain.commands import (
     template_problem,
 )
 from testlab.domain.errors import DefinitionError
-from testlab.domain.hostoptions import BACKEND_OPERATIONS
+from testlab.domain.hostoptions import BACKEND_OPERATIONS, HOST_OPTIONS
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
 from testlab.domain.limits import LIMIT_FIELDS, HostLimits
 
@@ -732,7 +732,7 @@ OPTION_ERRORS = [
         "option of another backend",
         H + "    options: {snapshots: [a]}\nvms: []\n",
         "lab.yaml:5: hosts[0].options.snapshots: unknown option for a local host "
-        "(allowed: boot_timeout, spare_copies, timeouts)",
+        "(allowed: agent_script, boot_timeout, spare_copies, timeouts)",
     ),
     (
         "spare_copies not a boolean",
@@ -743,6 +743,17 @@ OPTION_ERRORS = [
         "zero boot timeout",
         H + "    options: {boot_timeout: 0s}\nvms: []\n",
         "lab.yaml:5: hosts[0].options.boot_timeout: must be more than 0",
+    ),
+    (
+        "negative shutdown grace",
+        "hosts:\n  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: -1}}\n"
+        "vms: []\n",
+        "lab.yaml:2: hosts[0].options.shutdown_grace: must not be negative, got -1",
+    ),
+    (
+        "missing agent script",
+        H + "    options: {agent_script: nowhere/server.py}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.agent_script: no such file: '/var/tmp/lab-dir/nowhere/server.py'",
     ),
     (
         "timeout of an unknown operation",
@@ -760,7 +771,8 @@ OPTION_ERRORS = [
         "libvirt host with a local option",
         "hosts:\n  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {spare_copies: false}}\n"
         "vms: []\n",
-        "lab.yaml:2: hosts[0].options.spare_copies: unknown option for a libvirt host (allowed: timeouts)",
+        "lab.yaml:2: hosts[0].options.spare_copies: unknown option for a libvirt host "
+        "(allowed: shutdown_grace, timeouts)",
     ),
     (
         "bad snapshot name of a command host",
@@ -777,7 +789,7 @@ OPTION_ERRORS = [
     ("text", "expected"), [(t, e) for _, t, e in OPTION_ERRORS], ids=[i for i, _, _ in OPTION_ERRORS]
 )
 def test_option_errors(text: str, expected: str) -> None:
-    assert error_of(text) == expected
+    assert error_of(text, base_dir=Path("/var/tmp/lab-dir")) == expected
 
 
 OPTIONS_LAB = """\
@@ -838,10 +850,32 @@ def test_options_from_the_database_compare_equal_to_parsed_ones() -> None:
     assert dataclasses.replace(parsed, options=stored) == parsed
 
 
-def test_backend_operations_are_the_drivers() -> None:
-    from testlab.hypervisor.driver import DEFAULT_TIMEOUTS
+def test_the_parser_knows_the_backends_options_and_operations() -> None:
+    from testlab.hypervisor.base import OPERATIONS
+    from testlab.hypervisor.command import CommandBackend
+    from testlab.hypervisor.libvirt import LibvirtBackend
+    from testlab.hypervisor.local import LocalBackend
 
-    assert set(BACKEND_OPERATIONS) == set(DEFAULT_TIMEOUTS)
+    assert BACKEND_OPERATIONS == OPERATIONS
+    for backend in (LocalBackend, LibvirtBackend, CommandBackend):
+        assert set(HOST_OPTIONS[backend.kind]) == {*backend.option_names, "timeouts"}, backend.kind
+
+
+def test_agent_script_and_shutdown_grace(tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "server.py").write_text("")
+    parsed = lab(
+        H + "    options: {agent_script: agent/server.py}\n"
+        "  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: 0}}\n"
+        "  - {name: k2, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: 2m}}\nvms: []\n",
+        base_dir=tmp_path,
+    )
+    local, libvirt, libvirt2 = parsed.hosts
+    assert dict(local.options) == {"agent_script": str(tmp_path / "agent" / "server.py")}
+    assert dict(libvirt.options) == {"shutdown_grace": 0.0} and dict(libvirt2.options) == {
+        "shutdown_grace": 120.0
+    }
+    assert parse_lab_text(dump_lab(parsed)) == parsed
 
 
 def test_the_command_backend_shares_the_parsers_template_rules() -> None:
