@@ -19,6 +19,13 @@ COMMAND_PLACEHOLDERS = ("domain", "snapshot", "host")
 REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
 OPTIONAL_COMMANDS = ("power_cycle", "health", "list_snapshots", "create_snapshot")
 COMMAND_OPERATIONS = REQUIRED_COMMANDS + OPTIONAL_COMMANDS
+# What each backend runs through a command: the others do the rest themselves, and only power-cycle
+# a frozen hypervisor through its BMC or PDU (each backend's `command_operations`).
+BACKEND_COMMANDS = {
+    "command": COMMAND_OPERATIONS,
+    "local": ("power_cycle",),
+    "libvirt": ("power_cycle",),
+}
 
 _QUOTE_NAMES = {"'": "single", '"': "double"}
 _KNOWN = ", ".join(f"{{{name}}}" for name in COMMAND_PLACEHOLDERS)

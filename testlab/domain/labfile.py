@@ -18,7 +18,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from testlab.domain.commands import COMMAND_OPERATIONS, REQUIRED_COMMANDS, template_problem
+from testlab.domain.commands import (
+    BACKEND_COMMANDS,
+    COMMAND_OPERATIONS,
+    REQUIRED_COMMANDS,
+    template_problem,
+)
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.hostoptions import dump_host_options, parse_host_options
@@ -186,6 +191,10 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
     for operation, command in commands.items():
         if operation not in COMMAND_OPERATIONS:
             problem = f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})"
+        elif operation not in BACKEND_COMMANDS[backend]:
+            problem = (
+                f"a {backend} host runs no {operation} command (only {', '.join(BACKEND_COMMANDS[backend])})"
+            )
         elif not command.strip():
             problem = "must not be empty"
         else:

@@ -118,6 +118,13 @@ ROWS = [
         "hosts[0].commands.power_cycle: placeholder {host} is inside single quotes",
     ),
     Row(
+        "lab state command on a libvirt host",
+        "lab apply",
+        text(KVM + "    commands:\n      state: virsh domstate {domain}\n" + VM0),
+        6,
+        "hosts[0].commands.state: a libvirt host runs no state command (only power_cycle)",
+    ),
+    Row(
         "lab NUL in a URI",
         "lab apply",
         text('hosts:\n  - {name: kvm, backend: libvirt, uri: "test:///default\\0"}\n' + VM0),

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from testlab.domain.commands import (
+    BACKEND_COMMANDS,
     COMMAND_OPERATIONS,
     COMMAND_PLACEHOLDERS,
     REQUIRED_COMMANDS,
@@ -848,6 +849,21 @@ def test_options_from_the_database_compare_equal_to_parsed_ones() -> None:
     parsed = lab(OPTIONS_LAB).hosts[2]
     stored = json.loads(json.dumps({"options": dict(parsed.options)}))["options"]
     assert dataclasses.replace(parsed, options=stored) == parsed
+
+
+def test_a_backend_is_given_only_the_commands_it_runs() -> None:
+    from testlab.hypervisor.command import CommandBackend
+    from testlab.hypervisor.libvirt import LibvirtBackend
+    from testlab.hypervisor.local import LocalBackend
+
+    for backend in (LocalBackend, LibvirtBackend, CommandBackend):
+        assert tuple(BACKEND_COMMANDS[backend.kind]) == tuple(backend.command_operations), backend.kind
+    assert error_of(H + "    commands: {power_cycle: pdu cycle 3, state: virsh domstate x}\nvms: []\n") == (
+        "lab.yaml:5: hosts[0].commands.state: a local host runs no state command (only power_cycle)"
+    )
+    assert dict(lab(H + "    commands: {power_cycle: pdu cycle 3}\nvms: []\n").hosts[0].commands) == {
+        "power_cycle": "pdu cycle 3"
+    }
 
 
 def test_the_parser_knows_the_backends_options_and_operations() -> None:
