@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fnmatch
 import glob
 import hashlib
 import hmac
 import io
 import json
+import math
 import os
 import platform
 import queue
@@ -52,6 +54,7 @@ MAX_JSON_BODY = 1 << 20
 MAX_OUTPUT_CHUNK = 16 << 20
 DEFAULT_OUTPUT_CHUNK = 4 << 20
 MAX_WAIT = 300.0
+MAX_OFFSET = (1 << 63) - 1  # the largest file offset the OS takes
 IO_CHUNK = 1 << 20
 RECV_CHUNK = 1 << 20
 RECV_BUFFERS = 4
@@ -60,6 +63,9 @@ STAGED_TTL = 600.0
 COMMITTED_MEMORY = 256
 TRASH_MIN_SIZE = 8 << 20
 KILL_GRACE = 2.0
+DEFAULT_ARCHIVE_ENTRIES = 100_000
+DEFAULT_ARCHIVE_SECONDS = 20.0  # below the client's usual 30 s request timeout, so it gets the answer
+EXIT_RESERVE = 4096  # bytes set aside per command for its exit record; one record takes about 80
 FINISHED = ("exited", "killed", "timeout")
 
 
@@ -85,10 +91,51 @@ def write_json_atomic(path, obj):
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, json.dumps(obj).encode())
+        try:
+            _write_all(fd, memoryview(json.dumps(obj).encode()))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def reserve_exit_record(cmd_dir):
+    """Sets aside the space of a command's exit record while there is space.
+
+    A task that fills the disk would otherwise leave its supervisor unable to write how it ended,
+    and the command would look lost (an infrastructure error) instead of exited with its status.
+    The reserve is real blocks (written, not a sparse file) that write_exit_record overwrites in
+    place and renames, which needs no new space on file systems that overwrite in place.
+    """
+    fd = os.open(os.path.join(cmd_dir, "exit.reserve"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, memoryview(b" " * EXIT_RESERVE))
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def write_exit_record(cmd_dir, obj):
+    """Writes exit.json into the command's reserve (JSON allows the trailing spaces that pad it).
+
+    Falls back to an ordinary write when there is no reserve (a command dir of an older agent)."""
+    data = json.dumps(obj).encode()
+    reserve = os.path.join(cmd_dir, "exit.reserve")
+    if len(data) <= EXIT_RESERVE:
+        try:
+            fd = os.open(reserve, os.O_WRONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                os.pwrite(fd, data + b" " * (EXIT_RESERVE - len(data)), 0)
+            finally:
+                os.close(fd)
+            os.replace(reserve, os.path.join(cmd_dir, "exit.json"))
+            return
+    write_json_atomic(os.path.join(cmd_dir, "exit.json"), obj)
 
 
 def read_json(path):
@@ -177,25 +224,134 @@ class Workspace:
             raise RequestError(403, f"path {rel!r} is inside the agent's state dir", "path_escape")
         return entry
 
-    def glob(self, pattern):
-        """Matches as (real path, name in the archive); a match leading outside refuses the whole request."""
+    def find(self, pattern, budget):
+        """Matches of a path or glob as (path to archive, name in the archive).
+
+        Symbolic links are archived as links and never followed, so no link (or loop of links) can
+        make the listing leave the tree or go on forever. A path named without wildcards is resolved
+        as before: refused if it leads outside the work dir, sent as the file a link points to.
+        """
         self._check_relative(pattern, "pattern")
         if glob.has_magic(pattern):
-            found = sorted(glob.glob(os.path.join(glob.escape(self.root), pattern), recursive=True))
-        else:
-            candidate = os.path.join(self.root, pattern)
-            found = [candidate] if os.path.lexists(candidate) else []
-        result = []
-        for path in found:
-            name = os.path.relpath(path, self.root)
-            real = os.path.realpath(path)
-            if not os.path.exists(real):
+            names = (
+                (path, os.path.relpath(path, self.root))
+                for path in _glob_no_follow(self.root, pattern, budget)
+            )
+            return sorted(
+                (path, name.replace(os.sep, "/"))
+                for path, name in names
+                if name != STATE_DIR and not name.startswith(STATE_DIR + os.sep)
+            )
+        candidate = os.path.join(self.root, pattern)
+        if not os.path.lexists(candidate):
+            return []
+        real = os.path.realpath(candidate)
+        name = os.path.relpath(candidate, self.root)
+        if not os.path.exists(real) or name == STATE_DIR or name.startswith(STATE_DIR + os.sep):
+            return []
+        if not self.inside(real):
+            raise RequestError(
+                403, f"artifact {name!r} leads outside the work dir (symlink)", "artifacts_outside"
+            )
+        self._check_real(name, real, allow_root=True)
+        keep_link = os.path.islink(candidate) and os.path.isdir(real)
+        return [(candidate if keep_link else real, name.replace(os.sep, "/"))]
+
+
+def _glob_no_follow(root, pattern, budget):
+    """Paths under `root` matching `pattern` (`*`, `?`, `[...]`, `**` for any depth), like glob's
+    recursive mode, hidden names included only by segments that start with '.', but descending only
+    into real directories: glob follows symlinked directories, and a link loop made it enumerate
+    forever."""
+    segments = [part for part in pattern.split("/") if part not in ("", ".")]
+    current = [root]
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        found = []
+        for directory in current:
+            if segment == "**":
+                found += _descendants(directory, budget, files=last)
+            elif glob.has_magic(segment):
+                for entry in _scan(directory, budget):
+                    if entry.name.startswith(".") and not segment.startswith("."):
+                        continue
+                    if fnmatch.fnmatchcase(entry.name, segment) and (
+                        last or entry.is_dir(follow_symlinks=False)
+                    ):
+                        found.append(entry.path)
+            else:
+                path = os.path.join(directory, segment)
+                if os.path.lexists(path) if last else (os.path.isdir(path) and not os.path.islink(path)):
+                    found.append(path)
+        current = found
+    return current
+
+
+def _descendants(directory, budget, files):
+    """`directory` and every real directory below it (with `files`, every other entry too); hidden
+    names left out, as glob does."""
+    result = [directory]
+    pending = [directory]
+    while pending:
+        for entry in _scan(pending.pop(), budget):
+            if entry.name.startswith("."):
                 continue
-            if name == STATE_DIR or name.startswith(STATE_DIR + os.sep):
-                continue
-            self._check_real(name, real, allow_root=True)
-            result.append((real, name.replace(os.sep, "/")))
-        return result
+            if entry.is_dir(follow_symlinks=False):
+                result.append(entry.path)
+                pending.append(entry.path)
+            elif files:
+                result.append(entry.path)
+    return result
+
+
+def _scan(directory, budget):
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                budget.tick()
+                yield entry
+    except OSError:
+        return  # vanished or unreadable meanwhile: nothing to match there
+
+
+class ArchiveBudget:
+    """What one archive may hold and how long listing it may take (--max-archive-entries,
+    --max-archive-bytes, --archive-timeout). Going over refuses the request with a 4xx whose code
+    starts with ``artifacts_``, so the engine fails the task that made such artifacts instead of
+    taking the VM for broken."""
+
+    def __init__(self, pattern, max_entries, max_bytes, seconds):
+        self.pattern = pattern
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.entries = 0
+        self.bytes = 0
+
+    def tick(self):
+        if time.monotonic() > self.deadline:
+            raise RequestError(
+                422,
+                f"listing the artifacts {self.pattern!r} took more than {self.seconds:g} s",
+                "artifacts_timeout",
+            )
+
+    def add(self, size):
+        self.entries += 1
+        self.bytes += size
+        if self.entries > self.max_entries:
+            raise RequestError(
+                413,
+                f"artifacts {self.pattern!r}: more than {self.max_entries} files and directories",
+                "artifacts_too_many",
+            )
+        if self.bytes > self.max_bytes:
+            raise RequestError(
+                413,
+                f"artifacts {self.pattern!r}: more than {self.max_bytes} bytes",
+                "artifacts_too_large",
+            )
 
 
 class UploadStaging:
@@ -389,12 +545,12 @@ def _supervise(cmd_dir, spec, env):
     proc = _launch(spec, env, out_fd)
     os.close(out_fd)
     if proc is None:
-        write_json_atomic(
-            os.path.join(cmd_dir, "exit.json"), {"state": "exited", "exit_code": 127, "ended": time.time()}
-        )
+        write_exit_record(cmd_dir, {"state": "exited", "exit_code": 127, "ended": time.time()})
         return
     child = proc.pid  # the leader of the command's process group
-    write_json_atomic(os.path.join(cmd_dir, "pid.json"), {"pid": child, "pgid": child})
+    # For whoever cleans up after us; the command runs and is supervised without it (a full disk).
+    with contextlib.suppress(OSError):
+        write_json_atomic(os.path.join(cmd_dir, "pid.json"), {"pid": child, "pgid": child})
     kill_marker = os.path.join(cmd_dir, "kill")
     timeout = spec.get("timeout")
     deadline = time.monotonic() + timeout if timeout else None
@@ -421,9 +577,8 @@ def _supervise(cmd_dir, spec, env):
                 os.read(waker, 512)
     # The command's process group does not outlive its leader.
     _kill_group(child, signal.SIGKILL)
-    write_json_atomic(
-        os.path.join(cmd_dir, "exit.json"),
-        {"state": reason or "exited", "exit_code": proc.returncode, "ended": time.time()},
+    write_exit_record(
+        cmd_dir, {"state": reason or "exited", "exit_code": proc.returncode, "ended": time.time()}
     )
 
 
@@ -444,10 +599,7 @@ def spawn_supervisor(cmd_dir, spec, env):
         with contextlib.suppress(BaseException):
             with open(os.path.join(cmd_dir, "output"), "a") as f:
                 f.write(f"testlab-agent: supervisor failed: {exc!r}\n")
-            write_json_atomic(
-                os.path.join(cmd_dir, "exit.json"),
-                {"state": "exited", "exit_code": 127, "ended": time.time()},
-            )
+            write_exit_record(cmd_dir, {"state": "exited", "exit_code": 127, "ended": time.time()})
     os._exit(code)
 
 
@@ -487,7 +639,7 @@ class CommandStore:
             ended = read_json(os.path.join(d, "exit.json"))
             if ended is None:
                 ended = {"state": "killed", "exit_code": None, "ended": time.time(), "lost": True}
-                write_json_atomic(os.path.join(d, "exit.json"), ended)
+                write_exit_record(d, ended)
         if ended is None:
             base.update(state="running", exit_code=None, ended=None)
         else:
@@ -547,9 +699,9 @@ class CommandStore:
             raise RequestError(400, "'env' must be an object of strings")
         timeout = body.get("timeout")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not _positive(timeout)
         ):
-            raise RequestError(400, "'timeout' must be a positive number of seconds")
+            raise RequestError(400, "'timeout' must be a positive, finite number of seconds")
         cwd = body.get("cwd", ".")
         cwd_abs = self.ws.resolve(cwd, allow_root=True, what="cwd")
         with self._start_lock:
@@ -557,8 +709,6 @@ class CommandStore:
                 return self.state(cid), False
             if os.path.exists(cwd_abs) and not os.path.isdir(cwd_abs):
                 raise RequestError(400, f"cwd {cwd!r} is not a directory", "bad_cwd")
-            os.makedirs(cwd_abs, exist_ok=True)
-            os.makedirs(d, exist_ok=True)
             spec = {
                 "id": cid,
                 "argv": argv,
@@ -570,17 +720,30 @@ class CommandStore:
                 "boot_id": self.boot_id,
                 "started": time.time(),
             }
-            write_json_atomic(os.path.join(d, "spec.json"), spec)
+            try:
+                os.makedirs(cwd_abs, exist_ok=True)
+                os.makedirs(d, exist_ok=True)
+                reserve_exit_record(d)
+                write_json_atomic(os.path.join(d, "spec.json"), spec)  # from here on the id is known
+            except OSError as exc:
+                shutil.rmtree(d, ignore_errors=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise RequestError(
+                        507, f"cannot start {cid!r}: no space left on the agent's disk", "disk_full"
+                    ) from None
+                raise
             full_env = dict(os.environ)
             full_env.update(env)
             pid = spawn_supervisor(d, spec, full_env)
             with self._cond:
                 self._children[cid] = pid
             st = proc_stat(pid)
-            write_json_atomic(
-                os.path.join(d, "supervisor.json"),
-                {"pid": pid, "sys_boot": self._sys_boot, "start_ticks": st[1] if st else None},
-            )
+            # Tells a restarted agent whether the supervisor still runs; this agent knows its children.
+            with contextlib.suppress(OSError):
+                write_json_atomic(
+                    os.path.join(d, "supervisor.json"),
+                    {"pid": pid, "sys_boot": self._sys_boot, "start_ticks": st[1] if st else None},
+                )
             self.commands_run += 1
             threading.Thread(target=self._reap, args=(cid, pid), daemon=True).start()
         return self.state(cid), True
@@ -645,6 +808,16 @@ class CommandStore:
 # ------------------------------------------------------------------------------------------------ http
 
 
+def _positive(number):
+    """Whether a JSON number is positive and finite: JSON gives inf for 1e400, and a float too large
+    for an int (10**400) would overflow where it meets the clock."""
+    try:
+        value = float(number)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value > 0
+
+
 def _padded(n, block=tarfile.BLOCKSIZE):
     return -(-n // block) * block
 
@@ -661,38 +834,46 @@ def _write_zeros(wfile, n):
         n -= len(zeros)
 
 
-def _tar_members(matches, state_dir):
+def _tar_members(matches, state_dir, budget):
     """(header bytes, file to send or None, data size) for each archive member, in order.
 
     The archive is built by hand rather than with tarfile's writer so that file data can go out with
-    sendfile and the total length is known up front (Content-Length instead of chunks).
+    sendfile and the total length is known up front (Content-Length instead of chunks). Directories
+    are walked without following links and without recursion (a task may nest thousands deep).
     """
     maker = tarfile.TarFile(fileobj=io.BytesIO(), mode="w", format=tarfile.PAX_FORMAT)
     members = []
-
-    def add(path, name):
-        if os.path.abspath(path) == state_dir:
-            return
-        try:
-            info = maker.gettarinfo(path, arcname=name)
-        except OSError:
-            return  # vanished meanwhile
-        if info is None or _safe_tar_member(info) is None:
-            return
-        if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
-            return
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        if info.isreg():
-            members.append((header, path, info.size))
-        else:
-            members.append((header, None, 0))
-        if info.isdir():
-            for child in sorted(os.listdir(path)):
-                add(os.path.join(path, child), name + "/" + child)
-
-    for real, name in matches:
-        add(real, name)
+    done_dirs = set()
+    for path, name in matches:
+        if _ancestors(name) & done_dirs:
+            continue  # already inside a matched directory ("out/**" matches "out" and all below)
+        pending = [(path, name)]
+        while pending:
+            member_path, member_name = pending.pop()
+            budget.tick()
+            if os.path.abspath(member_path) == state_dir:
+                continue
+            try:
+                info = maker.gettarinfo(member_path, arcname=member_name)
+            except OSError:
+                continue  # vanished meanwhile
+            if info is None or _safe_tar_member(info) is None:
+                continue
+            if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
+                continue
+            budget.add(info.size if info.isreg() else 0)
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            members.append((header, member_path, info.size) if info.isreg() else (header, None, 0))
+            if info.isdir():
+                done_dirs.add(member_name)
+                children = sorted(entry.name for entry in _scan(member_path, budget))
+                pending += [(os.path.join(member_path, c), f"{member_name}/{c}") for c in reversed(children)]
     return members
+
+
+def _ancestors(name):
+    parts = name.split("/")
+    return {"/".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def _safe_tar_member(info):
@@ -833,7 +1014,12 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(400, f"bad JSON body: {exc}", "bad_json") from None
 
     @staticmethod
-    def _float(query, name, default, low=0.0, high=None):
+    def _float(query, name, default, low=0.0, high=None, maximum=None):
+        """A number from the query: at least `low`, cut to `high`, refused above `maximum`.
+
+        float() takes "1e400", "inf" and "nan": they are refused here, not turned into an overflow
+        (a 500) further on.
+        """
         raw = query.get(name)
         if raw is None or raw == "":
             return default
@@ -841,8 +1027,12 @@ class Handler(BaseHTTPRequestHandler):
             value = float(raw)
         except ValueError:
             raise RequestError(400, f"{name} must be a number") from None
-        if value != value or value < low:
+        if not math.isfinite(value):
+            raise RequestError(400, f"{name} must be a finite number, got {raw[:40]!r}")
+        if value < low:
             raise RequestError(400, f"{name} must be >= {low}")
+        if maximum is not None and value > maximum:
+            raise RequestError(400, f"{name} must be at most {maximum}")
         return value if high is None else min(value, high)
 
     # ---- routes
@@ -1005,8 +1195,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"path": rel, "deleted": True})
 
     def _archive(self, query):
-        matches = self.server.workspace.glob(query.get("pattern", ""))
-        members = _tar_members(matches, self.server.workspace.state_dir)
+        srv = self.server
+        pattern = query.get("pattern", "")
+        budget = ArchiveBudget(pattern, srv.max_archive_entries, srv.max_archive_bytes, srv.archive_seconds)
+        matches = srv.workspace.find(pattern, budget)
+        members = _tar_members(matches, srv.workspace.state_dir, budget)
         total = sum(len(header) + _padded(size) for header, _, size in members)
         total = _padded(total + 2 * tarfile.BLOCKSIZE, tarfile.RECORDSIZE)
         self._started_response = True
@@ -1030,7 +1223,7 @@ class Handler(BaseHTTPRequestHandler):
         _write_zeros(self.wfile, total - sent)
 
     def _output(self, cid, query):
-        offset = int(self._float(query, "offset", 0))
+        offset = int(self._float(query, "offset", 0, maximum=MAX_OFFSET))
         limit = int(self._float(query, "limit", DEFAULT_OUTPUT_CHUNK, low=1, high=MAX_OUTPUT_CHUNK))
         wait = self._float(query, "wait", 0.0, high=MAX_WAIT)
         data, size, st = self.server.commands.read_output(cid, offset, limit, wait)
@@ -1048,7 +1241,18 @@ class AgentServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address, token, workdir, max_upload, idle_timeout, verbose=False, family=None, sock=None
+        self,
+        address,
+        token,
+        workdir,
+        max_upload,
+        idle_timeout,
+        verbose=False,
+        family=None,
+        sock=None,
+        max_archive_entries=DEFAULT_ARCHIVE_ENTRIES,
+        max_archive_bytes=None,
+        archive_seconds=DEFAULT_ARCHIVE_SECONDS,
     ):
         if sock is not None:  # already bound and listening (socket activation)
             self.address_family = sock.family
@@ -1067,6 +1271,10 @@ class AgentServer(ThreadingHTTPServer):
         self.commands = CommandStore(self.workspace, self.boot_id)
         self.uploads = UploadStaging(self.workspace)
         self.max_upload = max_upload
+        # A download may be as large as an upload: a step's artifacts are the next step's files.
+        self.max_archive_bytes = max_upload if max_archive_bytes is None else max_archive_bytes
+        self.max_archive_entries = max_archive_entries
+        self.archive_seconds = archive_seconds
         self.idle_timeout = idle_timeout
         self.verbose = verbose
         self.scheme = "http"
@@ -1094,6 +1302,8 @@ class AgentServer(ThreadingHTTPServer):
             "free_disk_bytes": free_disk_bytes(self.workspace.root),
             "commands_run": self.commands.commands_run,
             "max_upload_bytes": self.max_upload,
+            "max_archive_entries": self.max_archive_entries,
+            "max_archive_bytes": self.max_archive_bytes,
             "workdir": self.workspace.root,
             "time": time.time(),
         }
@@ -1152,6 +1362,24 @@ def build_parser():
         "--max-upload-bytes", type=int, default=8 << 30, help="largest accepted upload (default 8 GiB)"
     )
     p.add_argument(
+        "--max-archive-entries",
+        type=int,
+        default=DEFAULT_ARCHIVE_ENTRIES,
+        help=f"most files and directories in one download (default {DEFAULT_ARCHIVE_ENTRIES})",
+    )
+    p.add_argument(
+        "--max-archive-bytes",
+        type=int,
+        default=None,
+        help="largest download, file data summed (default: --max-upload-bytes)",
+    )
+    p.add_argument(
+        "--archive-timeout",
+        type=float,
+        default=DEFAULT_ARCHIVE_SECONDS,
+        help=f"seconds listing one download may take (default {DEFAULT_ARCHIVE_SECONDS:g})",
+    )
+    p.add_argument(
         "--idle-timeout",
         type=float,
         default=120.0,
@@ -1176,8 +1404,12 @@ def main(argv=None):
     if not token:
         sys.stderr.write(f"testlab-agent: token file {args.token_file} is empty\n")
         return 2
-    if args.max_upload_bytes <= 0 or args.idle_timeout <= 0:
-        sys.stderr.write("testlab-agent: --max-upload-bytes and --idle-timeout must be positive\n")
+    numbers = (args.max_upload_bytes, args.idle_timeout, args.max_archive_entries, args.archive_timeout)
+    if min(numbers) <= 0 or (args.max_archive_bytes is not None and args.max_archive_bytes <= 0):
+        sys.stderr.write(
+            "testlab-agent: --max-upload-bytes, --idle-timeout, --max-archive-entries, "
+            "--max-archive-bytes and --archive-timeout must be positive\n"
+        )
         return 2
     try:
         os.makedirs(args.workdir, exist_ok=True)
@@ -1191,6 +1423,9 @@ def main(argv=None):
             args.verbose,
             family,
             sock=activated_socket(),
+            max_archive_entries=args.max_archive_entries,
+            max_archive_bytes=args.max_archive_bytes,
+            archive_seconds=args.archive_timeout,
         )
         if args.tls_cert:
             server.enable_tls(args.tls_cert, args.tls_key)

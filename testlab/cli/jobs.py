@@ -9,6 +9,7 @@ import click
 from testlab.cli.context import current_user, database, settings, write
 from testlab.cli.output import print_json, print_table, styled
 from testlab.cli.remote import client, server_option
+from testlab.domain.inputlimits import INT32_MAX, INT32_MIN
 from testlab.domain.jobfile import parse_job
 from testlab.domain.statuses import TaskStatus
 from testlab.services.jobs import cancel_job, get_job, restart_job, submit_job
@@ -26,7 +27,11 @@ def job() -> None:
 
 @job.command("submit")
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--priority", type=int, help="Override the file's priority (lower runs first).")
+@click.option(
+    "--priority",
+    type=click.IntRange(INT32_MIN, INT32_MAX),
+    help="Override the file's priority (lower runs first).",
+)
 @server_option
 def job_submit(file: Path, priority: int | None) -> None:
     """Submit the job defined in FILE; prints its id."""

@@ -68,7 +68,7 @@ def host_list(as_json: bool) -> None:
         return
     print_table(
         None,
-        ["host", "backend", "uri", "status", "vms", "active", "running", "reverting"],
+        ["host", "backend", "uri", "status", "vms", "max active", "max running", "max reverting"],
         [
             (
                 h["name"],

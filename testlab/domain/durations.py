@@ -11,6 +11,8 @@ import re
 from decimal import Decimal
 from fractions import Fraction
 
+from testlab.domain.inputlimits import preview
+
 _NUMBER = r"\d+(?:\.\d+)?"
 _PLAIN = re.compile(rf"{_NUMBER}")
 # Units in decreasing order, each at most once: "1d2h", "1h30m", "90s", "1.5h", "2m 30s".
@@ -18,6 +20,9 @@ _COMPOUND = re.compile(
     rf"(?:(?P<d>{_NUMBER})d)?\s*(?:(?P<h>{_NUMBER})h)?\s*(?:(?P<m>{_NUMBER})m)?\s*(?:(?P<s>{_NUMBER})s)?"
 )
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# Enough for the exact text of any float (format_duration(5e-324) has 326 characters); longer
+# digit strings would only cost time to convert.
+_MAX_CHARACTERS = 400
 EXPECTED = "expected a duration like 90s, 30m, 2h or 1h30m (or a number of seconds)"
 
 
@@ -29,18 +34,24 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{EXPECTED}, got {str(value).lower()}")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError(f"{EXPECTED}, got {value}")
         if value < 0:
             raise ValueError(f"must not be negative, got {value}")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError(f"too large: {preview(value)}") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"{EXPECTED}, got {value}")
+        return seconds
     if not isinstance(value, str):
         raise ValueError(f"{EXPECTED}, got {type(value).__name__}")
     text = value.strip()
     if text.startswith("-"):
         raise ValueError(f"must not be negative, got {value!r}")
+    if len(text) > _MAX_CHARACTERS:
+        raise ValueError(f"{EXPECTED}, got a text of {len(text):,} characters")
     if _PLAIN.fullmatch(text):
-        return float(Fraction(text))
+        return _seconds(Fraction(text), value)
     match = _COMPOUND.fullmatch(text)
     if not text or match is None or not any(match.groupdict().values()):
         raise ValueError(f"{EXPECTED}, got {value!r}")
@@ -49,7 +60,17 @@ def parse_duration(value: str | int | float) -> float:
         (Fraction(number) * _UNIT_SECONDS[unit] for unit, number in match.groupdict().items() if number),
         Fraction(0),
     )
-    return float(total)
+    return _seconds(total, value)
+
+
+def _seconds(exact: Fraction, value: str) -> float:
+    try:
+        seconds = float(exact)
+    except OverflowError:
+        raise ValueError(f"too large: {value!r}") from None
+    if math.isinf(seconds):
+        raise ValueError(f"too large: {value!r}")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -6,6 +6,8 @@ Users fix their own files from this message alone, so it always carries where th
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class DefinitionError(Exception):
     """A lab or job definition is invalid: a user error, never an infrastructure one.
@@ -32,10 +34,17 @@ class DefinitionError(Exception):
         elif self.line is not None:
             where = f"line {self.line}: "
         field = f"{self.field}: " if self.field else ""
-        return f"{where}{field}{self.message}"
+        return _one_line(f"{where}{field}{self.message}")
 
     def __reduce__(self):  # keep keyword-only attributes when pickled (e.g. across processes)
         return (_rebuild, (self.message, self.source, self.line, self.field))
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped: a file name or key holding a newline must not split the message."""
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
 
 
 def _rebuild(message: str, source: str | None, line: int | None, field: str | None) -> DefinitionError:

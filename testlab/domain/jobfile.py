@@ -16,12 +16,33 @@ from pathlib import Path, PurePosixPath
 
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.inputlimits import (
+    INT32_MAX,
+    INT32_MIN,
+    MAX_ARTIFACTS,
+    MAX_ENV_TOTAL,
+    MAX_FILES,
+    MAX_JOB_FILE_BYTES,
+    MAX_JOB_NAME,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_STEP_TIMEOUT,
+    MAX_STEPS,
+    MAX_TASKS,
+)
 from testlab.domain.statuses import VMRole
-from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
+from testlab.domain.yamlsource import (
+    FrozenMap,
+    MapReader,
+    check_size,
+    load_top_mapping,
+    read_source,
+    sub_readers,
+)
 
 DEFAULT_PRIORITY = 50
 DEFAULT_TIMEOUT = 30 * 60.0
-MAX_TIMEOUT = 24 * 3600.0
+MAX_TIMEOUT = MAX_STEP_TIMEOUT
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _JOB_KEYS = ("name", "priority", "description", "steps")
@@ -95,23 +116,24 @@ class TargetVM:
 def parse_job(path: Path) -> JobDef:
     """Read and check a job file; its `files:` are relative to the file's directory."""
     path = Path(path)
-    return parse_job_text(read_source(path), source=str(path), base_dir=path.parent)
+    return parse_job_text(
+        read_source(path, max_bytes=MAX_JOB_FILE_BYTES), source=str(path), base_dir=path.parent
+    )
 
 
 def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = None) -> JobDef:
     """Check job text whose `files:` live under `base_dir` (the current directory when None)."""
+    check_size(text, MAX_JOB_FILE_BYTES, source)
     top = MapReader(load_top_mapping(text, source, "name: and steps:"), source)
     top.check_keys(_JOB_KEYS, required=("name", "steps"))
     anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()
-    name = top.string("name")
-    if "\n" in name.strip():
-        raise top.error("name", "must be a single line")
-    priority = top.integer("priority", DEFAULT_PRIORITY)
+    name = top.string("name", max_length=MAX_JOB_NAME)
+    priority = top.integer("priority", DEFAULT_PRIORITY, minimum=INT32_MIN, maximum=INT32_MAX)
     description = top.text("description")
 
     steps: list[StepDef] = []
     step_lines: dict[str, int] = {}
-    for reader in sub_readers(top, "steps", non_empty=True):
+    for reader in sub_readers(top, "steps", non_empty=True, max_items=MAX_STEPS):
         step = _parse_step(reader, anchor)
         if step.name in step_lines:
             raise reader.error(
@@ -133,14 +155,14 @@ def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = Non
 def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
     reader.check_keys(_STEP_KEYS, required=("name", "run"))
     name = reader.string("name", name=True)
-    run = reader.string("run")
+    run = reader.string("run", one_line=False)
     has_vms, has_labels = reader.has("vms"), reader.has("labels")
     if has_vms and has_labels:
         raise reader.error("labels", "give either vms or labels, not both")
     if not has_vms and not has_labels:
         raise reader.error(None, "missing 'vms' or 'labels' (say where the step runs)")
-    vms = reader.string_list("vms", non_empty=True)
-    labels = reader.string_list("labels", non_empty=True)
+    vms = reader.string_list("vms", non_empty=True, max_items=MAX_TASKS, max_length=MAX_NAME)
+    labels = reader.string_list("labels", non_empty=True, max_items=MAX_LABELS, max_length=MAX_NAME)
     after = reader.string("after", None)
     if after == name:
         raise reader.error("after", "a step cannot run after itself")
@@ -153,18 +175,28 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
     return StepDef(
         name=name,
         run=run,
-        files=reader.string_list("files", check=lambda p: _file_problem(p, anchor)),
+        files=reader.string_list("files", check=lambda p: _file_problem(p, anchor), max_items=MAX_FILES),
         vms=vms,
         labels=labels,
         after=after,
         timeout=timeout,
-        artifacts=reader.string_list("artifacts", check=_pattern_problem),
-        env=reader.string_map(
-            "env", key_pattern=ENV_NAME, key_rule="use letters, digits and '_', not starting with a digit"
-        ),
+        artifacts=reader.string_list("artifacts", check=_pattern_problem, max_items=MAX_ARTIFACTS),
+        env=_parse_env(reader),
         line=reader.line(),
         field_lines=_field_lines(reader),
     )
+
+
+def _parse_env(reader: MapReader) -> FrozenMap:
+    env = reader.string_map(
+        "env", key_pattern=ENV_NAME, key_rule="use letters, digits and '_', not starting with a digit"
+    )
+    total = sum(len(name) + len(value) for name, value in env.items())
+    if total > MAX_ENV_TOTAL:
+        raise reader.error(
+            "env", f"too large: {total:,} characters of names and values (at most {MAX_ENV_TOTAL:,})"
+        )
+    return env
 
 
 def _field_lines(reader: MapReader) -> dict[str, int]:
@@ -236,11 +268,13 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
     """Step name -> the VMs it gets one task each on, or a DefinitionError naming the step and line.
 
     Named VMs may be `extra` (asking by name is how extras are used) but not retired, deleted or
-    disabled; labels pick enabled `base` VMs carrying all of them, sorted by name.
+    disabled; labels pick enabled `base` VMs carrying all of them, sorted by name. A job has at most
+    MAX_TASKS tasks, which only the lab can tell: one label may match thousands of VMs.
     """
     known = {vm.name: vm for vm in vms}
     source = str(job.source)
     targets: dict[str, tuple[str, ...]] = {}
+    tasks = 0
     for index, step in enumerate(job.steps):
         if step.vms:
             for position, name in enumerate(step.vms):
@@ -276,4 +310,15 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
                     index=index,
                 )
             targets[step.name] = tuple(chosen)
+        tasks += len(targets[step.name])
+        if tasks > MAX_TASKS:
+            key = "vms" if step.vms else "labels"
+            raise _step_error(
+                step,
+                source,
+                key,
+                f"the job would have more than {MAX_TASKS:,} tasks ({tasks:,} up to this step, "
+                f"{len(targets[step.name]):,} of them here)",
+                index=index,
+            )
     return targets

@@ -9,24 +9,50 @@ defaults out so the output reads like a hand-written file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
+from testlab.domain.commands import (
+    BACKEND_COMMANDS,
+    COMMAND_OPERATIONS,
+    REQUIRED_COMMANDS,
+    template_problem,
+)
 from testlab.domain.durations import format_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.hostoptions import dump_host_options, parse_host_options
+from testlab.domain.inputlimits import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_DOMAIN_NAME,
+    MAX_HOSTS,
+    MAX_LAB_DURATION,
+    MAX_LAB_FILE_BYTES,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_VMS,
+)
+from testlab.domain.limits import HostLimits
+from testlab.domain.sizes import format_size
 from testlab.domain.statuses import VMRole
-from testlab.domain.yamlsource import FrozenMap, MapReader, load_top_mapping, read_source, sub_readers
-from testlab.scheduler.snapshot import HostLimits
+from testlab.domain.yamlsource import (
+    DOMAIN_NAME_PATTERN,
+    DOMAIN_NAME_RULE,
+    FrozenMap,
+    MapReader,
+    check_size,
+    load_top_mapping,
+    read_source,
+    sub_readers,
+)
 
 BACKENDS = ("local", "libvirt", "command")
-COMMAND_OPERATIONS = ("power_on", "power_off", "state", "revert", "power_cycle", "health")
-# A `command` host has no other way to drive its domains than these templates.
-REQUIRED_COMMANDS = ("power_on", "power_off", "state", "revert")
 # How libvirt runs a host's domains: `kvm` (hardware virtualisation, the default) or `qemu` (software
 # emulation, for hosts without usable virtualisation extensions). Used when testlab defines a domain.
 DOMAIN_TYPES = ("kvm", "qemu")
@@ -37,6 +63,8 @@ _HOST_KEYS = (
     "backend",
     "uri",
     "limits",
+    "min_free_disk",
+    "options",
     "commands",
     "agent_token_file",
     "domain_type",
@@ -105,30 +133,36 @@ class LabDef:
 def parse_lab(path: Path) -> LabDef:
     """Read and check a lab file; relative paths in it are relative to the file's directory."""
     path = Path(path)
-    return parse_lab_text(read_source(path), source=str(path), base_dir=path.parent)
+    return parse_lab_text(
+        read_source(path, max_bytes=MAX_LAB_FILE_BYTES), source=str(path), base_dir=path.parent
+    )
 
 
 def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = None) -> LabDef:
     """Check lab text. `base_dir` anchors relative paths (the current directory when None)."""
+    check_size(text, MAX_LAB_FILE_BYTES, source)
     top = MapReader(load_top_mapping(text, source, "hosts: and vms:"), source)
     top.check_keys(("hosts", "vms"), required=("hosts", "vms"))
     anchor = (base_dir if base_dir is not None else Path.cwd()).absolute()
 
     hosts: list[HostDef] = []
     host_lines: dict[str, int] = {}
-    for reader in sub_readers(top, "hosts"):
+    local_dirs: dict[PurePosixPath, tuple[str, int]] = {}
+    for reader in sub_readers(top, "hosts", max_items=MAX_HOSTS):
         host = _parse_host(reader, anchor)
         if host.name in host_lines:
             raise reader.error(
                 "name", f"duplicate host name {host.name!r} (first on line {host_lines[host.name]})"
             )
         host_lines[host.name] = reader.line("name")
+        if host.backend == "local":
+            _check_own_directory(reader, host, local_dirs)
         hosts.append(host)
 
     vms: list[VMDef] = []
     vm_lines: dict[str, int] = {}
     config_lines: dict[tuple[str, str, str], tuple[str, int]] = {}
-    for reader in sub_readers(top, "vms"):
+    for reader in sub_readers(top, "vms", max_items=MAX_VMS):
         vm = _parse_vm(reader, host_lines)
         if vm.name in vm_lines:
             raise reader.error("name", f"duplicate VM name {vm.name!r} (first on line {vm_lines[vm.name]})")
@@ -156,16 +190,19 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
     commands = reader.string_map("commands")
     for operation, command in commands.items():
         if operation not in COMMAND_OPERATIONS:
-            raise reader.error(
-                None,
-                f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})",
-                line=reader.data["commands"].key_line(operation),
-                field=f"{reader.field('commands')}.{operation}",
+            problem = f"unknown operation (allowed: {', '.join(COMMAND_OPERATIONS)})"
+        elif operation not in BACKEND_COMMANDS[backend]:
+            problem = (
+                f"a {backend} host runs no {operation} command (only {', '.join(BACKEND_COMMANDS[backend])})"
             )
-        if not command.strip():
+        elif not command.strip():
+            problem = "must not be empty"
+        else:
+            problem = template_problem(command)
+        if problem:
             raise reader.error(
                 None,
-                "must not be empty",
+                problem,
                 line=reader.data["commands"].key_line(operation),
                 field=f"{reader.field('commands')}.{operation}",
             )
@@ -183,13 +220,7 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         if backend != "libvirt":
             raise reader.error("domain_type", f"only libvirt hosts have a domain type, not {backend} hosts")
         domain_type = reader.string("domain_type", choices=DOMAIN_TYPES)
-    token_file = None
-    if reader.has("agent_token_file"):
-        token_path = Path(reader.string("agent_token_file"))
-        resolved = token_path if token_path.is_absolute() else anchor / token_path
-        if not resolved.is_file():
-            raise reader.error("agent_token_file", f"no such file: {str(resolved)!r}")
-        token_file = str(resolved)
+    token_file = reader.existing_file("agent_token_file", anchor) if reader.has("agent_token_file") else None
     return HostDef(
         name=name,
         backend=backend,
@@ -199,6 +230,8 @@ def _parse_host(reader: MapReader, anchor: Path) -> HostDef:
         agent_token_file=token_file,
         description=reader.text("description"),
         domain_type=domain_type,
+        options=parse_host_options(reader, backend, anchor),
+        min_free_disk=reader.size("min_free_disk", None, maximum=INT64_MAX),
     )
 
 
@@ -213,15 +246,41 @@ def _check_local_uri(reader: MapReader, uri: str) -> None:
         raise reader.error("uri", f"the path of a local URI must not contain '..', got {uri!r}")
 
 
+def _local_dir(uri: str) -> PurePosixPath:
+    # normpath keeps a leading '//' (POSIX leaves its meaning open); Linux reads it as '/'.
+    return PurePosixPath(os.path.normpath("/" + uri[len("local://") :].lstrip("/")))
+
+
+def _check_own_directory(
+    reader: MapReader, host: HostDef, seen: dict[PurePosixPath, tuple[str, int]]
+) -> None:
+    """Two local hosts in one directory (or one inside the other) would share, and break, domains."""
+    directory = _local_dir(host.uri)
+    for other_dir, (other, line) in seen.items():
+        if other_dir == directory:
+            where = f"is the directory of host {other!r} (line {line})"
+        elif directory.is_relative_to(other_dir):
+            where = f"lies inside the directory of host {other!r} (line {line})"
+        elif other_dir.is_relative_to(directory):
+            where = f"holds the directory of host {other!r} (line {line})"
+        else:
+            continue
+        raise reader.error("uri", f"{str(directory)!r} {where}: each local host needs a directory of its own")
+    seen[directory] = (host.name, reader.line("name"))
+
+
 def _parse_limits(host: MapReader) -> HostLimits:
     reader = host.mapping("limits")
     if reader is None:
         return HostLimits()
     reader.check_keys((*_LIMIT_INTS, "sleep_after_revert"))
     values: dict[str, Any] = {
-        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0) for key in _LIMIT_INTS
+        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0, maximum=INT32_MAX)
+        for key in _LIMIT_INTS
     }
-    values["sleep_after_revert"] = reader.duration("sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert)
+    values["sleep_after_revert"] = reader.duration(
+        "sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert, maximum=MAX_LAB_DURATION
+    )
     return HostLimits(**values)
 
 
@@ -240,13 +299,21 @@ def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
     return VMDef(
         name=name,
         host=host,
-        domain=reader.string("domain", name),
-        snapshot=reader.string("snapshot"),
+        domain=_domain_name(reader, "domain", name),
+        snapshot=_domain_name(reader, "snapshot"),
         role=reader.string("role", VMRole.BASE, choices=LAB_VM_ROLES),
-        labels=reader.string_list("labels", check=_label_problem),
+        labels=reader.string_list("labels", check=_label_problem, max_items=MAX_LABELS, max_length=MAX_NAME),
         description=reader.text("description"),
         agent=agent,
     )
+
+
+def _domain_name(reader: MapReader, key: str, *default: str) -> str:
+    """A domain or snapshot name every backend accepts, checked here so the error has its line."""
+    value = reader.string(key, *default, max_length=MAX_DOMAIN_NAME)
+    if not DOMAIN_NAME_PATTERN.fullmatch(value):
+        raise reader.error(key, f"invalid {key} name {value!r}: use {DOMAIN_NAME_RULE}")
+    return value
 
 
 def _label_problem(label: str) -> str | None:
@@ -283,6 +350,11 @@ def dump_lab(lab: LabDef) -> str:
             limits["sleep_after_revert"] = format_duration(limits["sleep_after_revert"])
         if limits:
             item["limits"] = limits
+        if host.min_free_disk is not None:
+            size = format_size(host.min_free_disk)
+            item["min_free_disk"] = int(size) if size.isdigit() else size
+        if host.options:
+            item["options"] = dump_host_options(host.options)
         if host.commands:
             item["commands"] = dict(host.commands)
         if host.agent_token_file is not None:

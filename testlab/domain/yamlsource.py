@@ -9,7 +9,9 @@ located by their parent. `MapReader` reads one mapping's fields with type checks
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import date
 from pathlib import Path
@@ -18,13 +20,34 @@ from typing import Any, TypeVar
 import yaml
 
 from testlab.domain.durations import EXPECTED as DURATION_EXPECTED
-from testlab.domain.durations import parse_duration
+from testlab.domain.durations import format_duration, parse_duration
 from testlab.domain.errors import DefinitionError
+from testlab.domain.inputlimits import (
+    MAX_DOMAIN_NAME,
+    MAX_JOB_FILE_BYTES,
+    MAX_LINE,
+    MAX_NAME,
+    MAX_NESTING,
+    MAX_NUMBER_CHARACTERS,
+    MAX_TEXT,
+    integer_problem,
+    preview,
+    text_problem,
+)
+from testlab.domain.sizes import parse_size
 
 T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+# Hypervisor domains and snapshots: what every backend accepts. The local backend takes exactly
+# these (a name is a directory); libvirt takes more but refuses '/' and control characters; a
+# command host receives the name shell-quoted.
+DOMAIN_NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_DOMAIN_NAME - 1}}}")
+DOMAIN_NAME_RULE = (
+    f"letters, digits, '.', '_', '+' and '-', starting with a letter or digit, "
+    f"at most {MAX_DOMAIN_NAME} characters"
+)
 
 
 class YamlMap(dict):
@@ -47,15 +70,15 @@ class YamlList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-class FrozenMap(Mapping[str, str]):
-    """An immutable, hashable str -> str mapping, so definition dataclasses stay truly frozen."""
+class FrozenMap(Mapping[str, Any]):
+    """An immutable, hashable mapping of str keys, so definition dataclasses stay truly frozen."""
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
         self._items = dict(items)
 
-    def __getitem__(self, key: str) -> str:
+    def __getitem__(self, key: str) -> Any:
         return self._items[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -65,7 +88,9 @@ class FrozenMap(Mapping[str, str]):
         return len(self._items)
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._items.items()))
+        # The keys only: values may be plain lists and mappings (host options), and equal maps have
+        # equal keys, which is all a hash must respect.
+        return hash(frozenset(self._items))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
@@ -120,48 +145,127 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[YamlLis
         data.item_lines.append(item.start_mark.line + 1)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+def _number_constructor(convert: Callable[[Any, yaml.ScalarNode], Any]) -> Callable[..., Any]:
+    def construct(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        # Python refuses to convert integers of more than 4300 digits (ValueError, not a YAML error)
+        # and a huge one costs time; no field takes such a number, so refuse it with its line.
+        if len(node.value) > MAX_NUMBER_CHARACTERS:
+            raise DefinitionError(
+                f"number too long: {len(node.value):,} characters (at most {MAX_NUMBER_CHARACTERS})",
+                source=loader.source,
+                line=node.start_mark.line + 1,
+            )
+        return convert(loader, node)
+
+    return construct
+
+
+_CONSTRUCTORS = {
+    "tag:yaml.org,2002:map": _construct_map,
+    "tag:yaml.org,2002:seq": _construct_seq,
+    "tag:yaml.org,2002:int": _number_constructor(yaml.SafeLoader.construct_yaml_int),
+    "tag:yaml.org,2002:float": _number_constructor(yaml.SafeLoader.construct_yaml_float),
+}
+for _tag, _constructor in _CONSTRUCTORS.items():
+    _Loader.add_constructor(_tag, _constructor)
 
 if hasattr(yaml, "CSafeLoader"):
 
     class _FastLoader(yaml.CSafeLoader):  # libyaml's parser: about 4x faster on a 10,000-VM lab
         source: str | None = None
 
-    _FastLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-    _FastLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+    for _tag, _constructor in _CONSTRUCTORS.items():
+        _FastLoader.add_constructor(_tag, _constructor)
 else:  # pragma: no cover - PyYAML built without libyaml
     _FastLoader = _Loader  # type: ignore[misc,assignment]
 
 
-def read_source(path: Path) -> str:
-    """The text of a definition file, or a one-line DefinitionError saying why it cannot be read."""
+def read_source(path: Path, *, max_bytes: int = MAX_JOB_FILE_BYTES) -> str:
+    """The text of a definition file, or a one-line DefinitionError saying why it cannot be read.
+
+    Only regular files of at most `max_bytes` are read, and the size is known before reading:
+    a device (/dev/zero), a pipe or a growing file must be refused, not read forever.
+    """
     source = str(path)
     try:
-        return path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise DefinitionError("no such file", source=source) from None
-    except IsADirectoryError:
-        raise DefinitionError("is a directory, not a file", source=source) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise DefinitionError("not UTF-8 text", source=source, line=line) from None
     except OSError as exc:
         raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise DefinitionError("is a directory, not a file", source=source)
+        if not stat.S_ISREG(info.st_mode):
+            raise DefinitionError("not a regular file (a device, pipe or socket)", source=source)
+        if info.st_size > max_bytes:
+            raise _too_large(info.st_size, max_bytes, source)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise DefinitionError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise _too_large(len(data), max_bytes, source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DefinitionError("not UTF-8 text", source=source, line=line) from None
+
+
+def check_size(text: str, max_bytes: int, source: str) -> None:
+    """The size limit of `read_source`, for text that did not come from a file (API, shards)."""
+    if len(text) > max_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise _too_large(len(text.encode("utf-8", "surrogatepass")), max_bytes, source)
+
+
+def _too_large(size: int, max_bytes: int, source: str) -> DefinitionError:
+    return DefinitionError(f"too large: {size:,} bytes (at most {max_bytes:,})", source=source)
+
+
+# The pure-Python parser explains syntax errors better, but needs about 6 s per MiB.
+_EXPLAIN_MAX_CHARACTERS = 256 * 1024
 
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse `text`; YAML syntax errors become DefinitionError with their line. None for an empty file."""
     try:
+        _check_nesting(text, source)
         return _load(_FastLoader, text, source)
     except yaml.YAMLError as fast_error:
         # Explain with the pure-Python parser: its messages are clearer and do not depend on whether
         # PyYAML was built with libyaml.
-        try:
-            _load(_Loader, text, source)
-        except yaml.YAMLError as exc:
-            raise _syntax_error(exc, source) from None
+        if len(text) <= _EXPLAIN_MAX_CHARACTERS:
+            try:
+                _load(_Loader, text, source)
+            except yaml.YAMLError as exc:
+                raise _syntax_error(exc, source) from None
         raise _syntax_error(fast_error, source) from None
+
+
+_OPENINGS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSINGS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse deep nesting before building anything: the composer recurses, and libyaml's crashes the
+    process (a segmentation fault) on a few hundred KB of '['. Reading the events alone is cheap."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_FastLoader):
+        if isinstance(event, _OPENINGS):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise DefinitionError(
+                    f"nested too deeply (at most {MAX_NESTING} levels of mappings and lists)",
+                    source=source,
+                    line=event.start_mark.line + 1,
+                )
+        elif isinstance(event, _CLOSINGS):
+            depth -= 1
 
 
 def _load(loader_class: type, text: str, source: str) -> Any:
@@ -206,11 +310,11 @@ def describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int):
-        return f"integer {value}"
+        return f"integer {preview(value)}"
     if isinstance(value, float):
         return f"number {value}"
     if isinstance(value, str):
-        return repr(value)
+        return preview(value)
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -229,7 +333,11 @@ _MISSING: Any = object()
 
 
 class MapReader:
-    """Typed access to the fields of one YAML mapping, with errors that point at the right line."""
+    """Typed access to the fields of one YAML mapping, with errors that point at the right line.
+
+    Every string it returns holds no NUL and fits its length limit; one-line strings (the default)
+    hold no control character (docs/files.md, "Limits").
+    """
 
     def __init__(self, data: YamlMap, source: str, path: str = "") -> None:
         self.data = data
@@ -237,7 +345,9 @@ class MapReader:
         self.path = path
 
     def field(self, key: Any) -> str:
-        return f"{self.path}.{key}" if self.path else str(key)
+        plain = isinstance(key, str) and len(key) <= MAX_NAME and key.isprintable()
+        shown = key if plain else preview(key)
+        return f"{self.path}.{shown}" if self.path else str(shown)
 
     def line(self, key: Any | None = None) -> int:
         return self.data.line if key is None else self.data.key_line(key)
@@ -263,9 +373,20 @@ class MapReader:
         return key in self.data
 
     def string(
-        self, key: str, default: Any = _MISSING, *, name: bool = False, choices: Iterable[str] = ()
+        self,
+        key: str,
+        default: Any = _MISSING,
+        *,
+        name: bool = False,
+        choices: Iterable[str] = (),
+        max_length: int | None = None,
+        one_line: bool = True,
     ) -> Any:
-        """A string field. `name=True` also applies the charset of host, VM and step names."""
+        """A non-empty string field. `name=True` also applies the charset of host, VM and step names.
+
+        Its length is at most `max_length` (MAX_NAME for names, else MAX_LINE, or MAX_TEXT when
+        `one_line=False`).
+        """
         if key not in self.data:
             if default is _MISSING:
                 raise self.error(None, "missing required key", field=self.field(key))
@@ -273,6 +394,11 @@ class MapReader:
         value = self.data[key]
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        if max_length is None:
+            max_length = MAX_NAME if name else MAX_LINE if one_line else MAX_TEXT
+        problem = text_problem(value, max_length=max_length, one_line=one_line)
+        if problem:
+            raise self.error(key, problem)
         if not value.strip():
             raise self.error(key, "must not be empty")
         choice_list = list(choices)
@@ -282,34 +408,73 @@ class MapReader:
             raise self.error(key, f"invalid name {value!r}: use {NAME_RULE}")
         return value
 
-    def text(self, key: str) -> str:
-        """Free text (descriptions): a string, possibly empty; absent means ""."""
+    def text(self, key: str, *, max_length: int = MAX_TEXT) -> str:
+        """Free text (descriptions): a string, possibly empty, possibly several lines; absent means ""."""
         value = self.data.get(key, "")
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+        problem = text_problem(value, max_length=max_length, one_line=False)
+        if problem:
+            raise self.error(key, problem)
         return value
 
-    def integer(self, key: str, default: int, *, minimum: int | None = None) -> int:
+    def integer(
+        self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """An integer field; with `maximum`, a range error names both ends (the column's range)."""
         if key not in self.data:
             return default
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, f"expected an integer, got {describe(value)}")
+        if maximum is not None:
+            problem = integer_problem(value, minimum if minimum is not None else -maximum - 1, maximum)
+            if problem:
+                raise self.error(key, problem)
         if minimum is not None and value < minimum:
             qualifier = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
             raise self.error(key, f"expected {qualifier}, got {value}")
         return value
 
-    def duration(self, key: str, default: float) -> float:
+    def duration(self, key: str, default: float, *, maximum: float | None = None) -> float:
+        """A duration in seconds; with `maximum`, longer ones are refused."""
         if key not in self.data:
             return default
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise self.error(key, f"{DURATION_EXPECTED}, got {describe(value)}")
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        if maximum is not None and seconds > maximum:
+            raise self.error(
+                key, f"must be at most {format_duration(maximum)}, got {format_duration(seconds)}"
+            )
+        return seconds
+
+    def size(self, key: str, default: Any, *, maximum: int) -> Any:
+        """A size in bytes ("5G", "500M", "1.5T" or a number of bytes) of at most `maximum`."""
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+        if size > maximum:
+            raise self.error(key, f"must be at most {maximum} bytes, got {preview(value)}")
+        return size
+
+    def existing_file(self, key: str, anchor: Path) -> str:
+        """The absolute path of a file that must exist; a relative path is relative to `anchor`."""
+        path = Path(self.string(key))
+        resolved = str(path if path.is_absolute() else anchor / path)
+        if not Path(resolved).is_file():
+            raise self.error(key, f"no such file: {resolved!r}")
+        if len(resolved) > MAX_LINE:  # the lab keeps the absolute path
+            raise self.error(key, f"path too long: {len(resolved):,} characters (at most {MAX_LINE})")
+        return resolved
 
     def mapping(self, key: str) -> MapReader | None:
         if key not in self.data:
@@ -320,7 +485,7 @@ class MapReader:
         return MapReader(value, self.source, self.field(key))
 
     def items(
-        self, key: str, *, required: bool = False, non_empty: bool = False
+        self, key: str, *, required: bool = False, non_empty: bool = False, max_items: int | None = None
     ) -> list[tuple[Any, int, str]]:
         """The items of a list field as (value, line, field path), e.g. ('x', 12, 'steps[1].files[0]')."""
         if key not in self.data:
@@ -332,6 +497,8 @@ class MapReader:
             raise self.error(key, f"expected a list, got {describe(value)}")
         if non_empty and not value:
             raise self.error(key, "must not be an empty list")
+        if max_items is not None and len(value) > max_items:
+            raise self.error(key, f"too many items: {len(value):,} (at most {max_items:,})")
         return [(item, value.item_line(i), f"{self.field(key)}[{i}]") for i, item in enumerate(value)]
 
     def string_list(
@@ -340,11 +507,13 @@ class MapReader:
         *,
         non_empty: bool = False,
         check: Callable[[str], str | None] | None = None,
+        max_items: int | None = None,
+        max_length: int = MAX_LINE,
     ) -> tuple[str, ...]:
-        """A list of distinct non-empty strings; `check` returns an error message or None."""
+        """A list of distinct non-empty one-line strings; `check` returns an error message or None."""
         result: list[str] = []
         first_line: dict[str, int] = {}
-        for item, line, field in self.items(key, non_empty=non_empty):
+        for item, line, field in self.items(key, non_empty=non_empty, max_items=max_items):
             if not isinstance(item, str):
                 raise DefinitionError(
                     f"expected a string, got {describe(item)}{_quote_hint(item)}",
@@ -352,6 +521,9 @@ class MapReader:
                     line=line,
                     field=field,
                 )
+            problem = text_problem(item, max_length=max_length, one_line=True)
+            if problem:
+                raise DefinitionError(problem, source=self.source, line=line, field=field)
             if not item.strip():
                 raise DefinitionError("must not be empty", source=self.source, line=line, field=field)
             if item in first_line:
@@ -369,9 +541,15 @@ class MapReader:
         return tuple(result)
 
     def string_map(
-        self, key: str, *, key_pattern: re.Pattern[str] | None = None, key_rule: str = ""
+        self,
+        key: str,
+        *,
+        key_pattern: re.Pattern[str] | None = None,
+        key_rule: str = "",
+        max_length: int = MAX_TEXT,
+        max_key_length: int = MAX_NAME,
     ) -> FrozenMap:
-        """A mapping of string -> string (commands, environment variables)."""
+        """A mapping of string -> string (commands, environment variables); values may span lines."""
         reader = self.mapping(key)
         if reader is None:
             return FrozenMap()
@@ -379,20 +557,32 @@ class MapReader:
         for name, value in reader.data.items():
             if not isinstance(name, str):
                 raise reader.error(name, f"expected a string key, got {describe(name)}")
+            if len(name) > max_key_length:
+                raise reader.error(
+                    name, f"name too long: {len(name):,} characters (at most {max_key_length})"
+                )
             if key_pattern is not None and not key_pattern.fullmatch(name):
                 raise reader.error(name, f"invalid name {name!r}: {key_rule}")
             if not isinstance(value, str):
                 raise reader.error(name, f"expected a string, got {describe(value)}{_quote_hint(value)}")
+            problem = text_problem(value, max_length=max_length, one_line=False)
+            if problem:
+                raise reader.error(name, problem)
             result[name] = value
         return FrozenMap(result)
 
 
 def sub_readers(
-    reader: MapReader, key: str, *, required: bool = True, non_empty: bool = False
+    reader: MapReader,
+    key: str,
+    *,
+    required: bool = True,
+    non_empty: bool = False,
+    max_items: int | None = None,
 ) -> list[MapReader]:
     """Readers for a list of mappings (hosts, vms, steps), each with its own path like 'vms[2]'."""
     result = []
-    for item, line, field in reader.items(key, required=required, non_empty=non_empty):
+    for item, line, field in reader.items(key, required=required, non_empty=non_empty, max_items=max_items):
         if not isinstance(item, YamlMap):
             raise DefinitionError(
                 f"expected a mapping, got {describe(item)}", source=reader.source, line=line, field=field

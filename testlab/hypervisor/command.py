@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from testlab.domain.commands import REQUIRED_COMMANDS
 from testlab.hypervisor.base import (
     Backend,
     DomainMissing,
@@ -24,7 +25,7 @@ from testlab.hypervisor.base import (
 )
 from testlab.hypervisor.runner import OPERATIONS, CommandResult
 
-REQUIRED = ("power_on", "power_off", "state", "revert")
+REQUIRED = REQUIRED_COMMANDS  # shared with the lab-file parser
 
 __all__ = ["REQUIRED", "CommandBackend", "CommandResult"]
 

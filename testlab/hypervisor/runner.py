@@ -19,13 +19,13 @@ import logging
 import os
 import shlex
 import signal
-import string
 import subprocess
 import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from testlab.domain.commands import COMMAND_OPERATIONS, COMMAND_PLACEHOLDERS, template_problem
 from testlab.hypervisor.base import (
     DomainMissing,
     HostUnreachable,
@@ -38,17 +38,9 @@ from testlab.hypervisor.base import (
 log = logging.getLogger("testlab.hypervisor.command")
 
 #: Every operation a command template may exist for (which ones a backend runs is its own choice).
-OPERATIONS = (
-    "power_on",
-    "power_off",
-    "state",
-    "revert",
-    "power_cycle",
-    "health",
-    "list_snapshots",
-    "create_snapshot",
-)
-PLACEHOLDERS = frozenset({"domain", "snapshot", "host"})
+#: Shared with the lab-file parser (testlab/domain/commands.py), which refuses what the runner would.
+OPERATIONS = COMMAND_OPERATIONS
+PLACEHOLDERS = frozenset(COMMAND_PLACEHOLDERS)
 
 #: Seconds; a reinstall takes long, a power query should not.
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
@@ -115,15 +107,9 @@ class CommandRunner:
         for op, template in templates.items():
             if not isinstance(template, str) or not template.strip():
                 raise ValueError(f"command for {op!r} of host {host!r} must be a non-empty string")
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-            except ValueError as exc:
-                raise ValueError(f"command for {op!r} of host {host!r}: {exc}") from None
-            if fields - PLACEHOLDERS:
-                raise ValueError(
-                    f"command for {op!r} of host {host!r} uses unknown placeholders "
-                    f"{', '.join(sorted(fields - PLACEHOLDERS))} (known: domain, snapshot, host)"
-                )
+            problem = template_problem(template)
+            if problem:
+                raise ValueError(f"command for {op!r} of host {host!r}: {problem}")
         self.host = host
         self.templates: dict[str, str] = dict(templates)
         self.timeouts: dict[str, float] = {**DEFAULT_TIMEOUTS, **(timeouts or {})}

@@ -10,20 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True, slots=True)
-class HostLimits:
-    """Per-host scheduling limits (defaults follow the TestBot's cautious ones)."""
-
-    max_active: int = 2  # powered-on VMs (dirty, reverting, sleeping, idle, running)
-    max_running: int = 1  # VMs running a task
-    max_reverting: int = 1  # VMs being reverted at once
-    max_reverts_while_running: int = 0  # reverts allowed while any VM of the host runs a task
-    max_ready_when_idle: int = 2  # VMs kept ready (idle) when nothing is queued for the host
-    sleep_after_revert: float = 0.0  # seconds a reverted VM settles before it is idle
-
-
-LIMIT_FIELDS = tuple(HostLimits.__dataclass_fields__)  # as stored in the hosts table
+# Defined with the lab file they come from; re-exported here for the scheduler's users.
+from testlab.domain.limits import LIMIT_FIELDS as LIMIT_FIELDS
+from testlab.domain.limits import HostLimits as HostLimits
 
 
 @dataclass(frozen=True, slots=True)

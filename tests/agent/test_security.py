@@ -168,3 +168,42 @@ def test_stalled_connection_is_dropped_by_the_server(agent_factory) -> None:  # 
     with socket.create_connection(("127.0.0.1", agent.port), timeout=10) as s:
         s.sendall(b"GET /v1/info HTTP/1.1\r\n")
         assert s.recv(100) == b""  # closed by the agent, not by our 10 s timeout
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/v1/commands/c/output?offset=1e400"),
+        ("GET", "/v1/commands/c/output?offset=inf"),
+        ("GET", "/v1/commands/c/output?offset=-inf"),
+        ("GET", "/v1/commands/c/output?offset=nan"),
+        ("GET", "/v1/commands/c/output?offset=1e300"),
+        ("GET", "/v1/commands/c/output?offset=9223372036854775808"),
+        ("GET", "/v1/commands/c/output?limit=1e400"),
+        ("GET", "/v1/commands/c/output?wait=infinity"),
+        ("GET", "/v1/commands/c?wait=1e400"),
+        ("POST", "/v1/commands/c/kill?wait=inf"),
+    ],
+)
+def test_non_finite_and_huge_numbers_are_refused_with_400(
+    agent: AgentProcess, method: str, target: str
+) -> None:
+    headers = {"Authorization": f"Bearer {agent.token}"}
+    started = httpx.post(f"{agent.url}/v1/commands", json={"id": "c", "argv": ["true"]}, headers=headers)
+    assert started.status_code in (200, 201)
+    answer = httpx.request(method, f"{agent.url}{target}", headers=headers, timeout=10)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "bad_request" and answer.json()["error"]
+    assert httpx.get(f"{agent.url}/v1/commands/c/output?offset=0", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("timeout", ["1e400", "NaN", "Infinity", "1" + "0" * 400])
+def test_non_finite_or_huge_command_timeouts_are_refused(agent: AgentProcess, timeout: str) -> None:
+    body = '{"id": "t", "argv": ["true"], "timeout": ' + timeout + "}"
+    answer = httpx.post(
+        f"{agent.url}/v1/commands",
+        content=body,
+        headers={"Authorization": f"Bearer {agent.token}", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert "timeout" in answer.json()["error"]

@@ -6,10 +6,12 @@ import os
 import pickle
 import re
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from testlab.domain.durations import format_duration, parse_duration
 from testlab.domain.errors import DefinitionError
 from testlab.domain.jobfile import JobDef, StepDef, TargetVM, parse_job, parse_job_text, resolve_targets
 from testlab.domain.labfile import parse_lab, parse_lab_text
@@ -432,6 +434,8 @@ def test_example_job_targets() -> None:
         ({"line": 3}, "line 3: bad"),
         ({"field": "steps"}, "steps: bad"),
         ({}, "bad"),
+        # Always one line: control characters from a file name or a key are escaped.
+        ({"source": "a\nb.yaml", "line": 2, "field": "k\x00\u2028"}, "a\\nb.yaml:2: k\\x00\\u2028: bad"),
     ],
 )
 def test_definition_error_leaves_out_unknown_parts(kwargs: dict, text: str) -> None:
@@ -460,3 +464,219 @@ def test_the_examples_in_the_documentation_parse(tmp_path: Path) -> None:
     vms = [TargetVM(v.name, v.role, frozenset(v.labels), True) for v in lab.vms]
     vms.append(TargetVM("build", "base", frozenset(), True))
     assert resolve_targets(job, vms) == {"build": ("build",), "test": ("win10", "win10-fr")}
+
+
+# ---- limits (docs/files.md, "Limits"): each refused with one line naming the field
+
+LIMIT_ERRORS = [
+    (
+        "priority over 32 bits",
+        S + "priority: 99999999999999999999999999\n",
+        "job.yaml:6: priority: expected an integer from -2147483648 to 2147483647, "
+        "got 99999999999999999999999999",
+    ),
+    (
+        "priority under 32 bits",
+        S + "priority: -2147483649\n",
+        "job.yaml:6: priority: expected an integer from -2147483648 to 2147483647, got -2147483649",
+    ),
+    (
+        "number of 5,000 digits",
+        S + "priority: " + "9" * 5000 + "\n",
+        "job.yaml:6: number too long: 5,000 characters (at most 100)",
+    ),
+    ("NUL in the name", 'name: "a\\0b"\nsteps: []\n', "job.yaml:1: name: must not contain NUL characters"),
+    (
+        "carriage return in the name",
+        'name: "build\\rtest"\nsteps: []\n',
+        "job.yaml:1: name: must be a single line, got 'build\\rtest'",
+    ),
+    (
+        "line separator in the name",
+        'name: "build\\Ltest"\nsteps: []\n',
+        "job.yaml:1: name: must be a single line, got 'build\\u2028test'",
+    ),
+    (
+        "escape character in the name",
+        'name: "build\\etest"\nsteps: []\n',
+        "job.yaml:1: name: must not contain control characters ('\\x1b'), got 'build\\x1btest'",
+    ),
+    (
+        "name longer than its column",
+        f"name: {'n' * 201}\nsteps: []\n",
+        "job.yaml:1: name: too long: 201 characters (at most 200)",
+    ),
+    (
+        "description of 16 KiB and one character",
+        S + f"description: {'d' * (16 * 1024 + 1)}\n",
+        "job.yaml:6: description: too long: 16,385 characters (at most 16,384)",
+    ),
+    (
+        "NUL in the description",
+        S + 'description: "a\\0"\n',
+        "job.yaml:6: description: must not contain NUL characters",
+    ),
+    (
+        "NUL in run",
+        'name: j\nsteps:\n  - {name: a, run: "x\\0", vms: [v]}\n',
+        "job.yaml:3: steps[0].run: must not contain NUL characters",
+    ),
+    (
+        "run too long",
+        f"name: j\nsteps:\n  - {{name: a, vms: [v], run: {'x' * (16 * 1024 + 1)}}}\n",
+        "job.yaml:3: steps[0].run: too long: 16,385 characters (at most 16,384)",
+    ),
+    (
+        "NUL in an env value",
+        S + '    env: {A: "x\\0"}\n',
+        "job.yaml:6: steps[0].env.A: must not contain NUL characters",
+    ),
+    (
+        "environment too large",
+        S + "    env: {" + ", ".join(f"V{i}: {'x' * 9000}" for i in range(4)) + "}\n",
+        "job.yaml:6: steps[0].env: too large: 36,008 characters of names and values (at most 32,768)",
+    ),
+    (
+        "step name longer than its column",
+        f"name: j\nsteps:\n  - {{name: {'s' * 101}, run: x, vms: [v]}}\n",
+        "job.yaml:3: steps[0].name: too long: 101 characters (at most 100)",
+    ),
+    (
+        "1,001 steps",
+        "name: j\nsteps:\n" + "".join(f"  - {{name: s{i}, run: x, vms: [v]}}\n" for i in range(1001)),
+        "job.yaml:2: steps: too many items: 1,001 (at most 1,000)",
+    ),
+    (
+        "101 labels",
+        "name: j\nsteps:\n  - {name: a, run: x, labels: [" + ", ".join(f"l{i}" for i in range(101)) + "]}\n",
+        "job.yaml:3: steps[0].labels: too many items: 101 (at most 100)",
+    ),
+    (
+        "101 artifact patterns",
+        S + "    artifacts: [" + ", ".join(f"out/{i}" for i in range(101)) + "]\n",
+        "job.yaml:6: steps[0].artifacts: too many items: 101 (at most 100)",
+    ),
+    (
+        "1,001 files",
+        S + "    files: [" + ", ".join(f"f{i}" for i in range(1001)) + "]\n",
+        "job.yaml:6: steps[0].files: too many items: 1,001 (at most 1,000)",
+    ),
+    (
+        "NUL in a file name",
+        S + '    files: ["build.sh\\0"]\n',
+        "job.yaml:6: steps[0].files[0]: must not contain NUL characters",
+    ),
+    (
+        "newline in an artifact pattern",
+        S + '    artifacts: ["out/*\\n"]\n',
+        "job.yaml:6: steps[0].artifacts[0]: must be a single line, got 'out/*\\n'",
+    ),
+    (
+        "timeout of 400 digits",
+        S + "    timeout: " + "9" * 400 + "\n",
+        "job.yaml:6: number too long: 400 characters (at most 100)",
+    ),
+    (
+        "timeout of 99 digits",
+        S + "    timeout: " + "9" * 99 + "\n",
+        "job.yaml:6: steps[0].timeout: must be more than 0 and at most 24h, got "
+        + format_duration(float("9" * 99)),
+    ),
+    (
+        "deep nesting",
+        "name: j\nsteps: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "job.yaml:2: nested too deeply (at most 32 levels of mappings and lists)",
+    ),
+    (
+        "key with a newline",
+        S + '"own\\ner": me\n',
+        "job.yaml:6: 'own\\ner': unknown key (allowed: description, name, priority, steps)",
+    ),
+    (
+        "key of 10,000 characters",
+        S + "? " + "k" * 10_000 + "\n: me\n",
+        "job.yaml:6: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk… (10,000 characters): "
+        "unknown key (allowed: description, name, priority, steps)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in LIMIT_ERRORS], ids=[i for i, _, _ in LIMIT_ERRORS]
+)
+def test_limits_are_refused_with_one_line(job_dir: Path, text: str, expected: str) -> None:
+    assert job_error(job_dir, text) == expected
+
+
+def test_values_at_the_limits_are_accepted(job_dir: Path) -> None:
+    text = (
+        f"name: {'n' * 200}\npriority: -2147483648\ndescription: {'d' * 16 * 1024}\nsteps:\n"
+        + "".join(f"  - {{name: s{i}, run: x, vms: [v]}}\n" for i in range(999))
+        + f"  - name: {'s' * 100}\n    run: {'x' * 16 * 1024}\n    timeout: 24h\n"
+        + "    labels: ["
+        + ", ".join(f"l{i}" for i in range(100))
+        + "]\n"
+        + "    env: {"
+        + ", ".join(f"V{i}: {'x' * 8000}" for i in range(4))
+        + "}\n"
+    )
+    job = parse_job(write_job(job_dir, text))
+    assert len(job.steps) == 1000 and job.priority == -(2**31)
+    assert sum(len(k) + len(v) for k, v in job.steps[-1].env.items()) == 32_008
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: Path("/dev/zero"), "/dev/zero: not a regular file (a device, pipe or socket)"),
+        (lambda d: Path("/dev/urandom"), "/dev/urandom: not a regular file (a device, pipe or socket)"),
+        (lambda d: _fifo(d / "fifo.yaml"), "{dir}/fifo.yaml: not a regular file (a device, pipe or socket)"),
+        (lambda d: d, "{dir}: is a directory, not a file"),
+        (
+            lambda d: _sized(d / "big.yaml", 1024 * 1024 + 1),
+            "{dir}/big.yaml: too large: 1,048,577 bytes (at most 1,048,576)",
+        ),
+    ],
+    ids=["/dev/zero", "/dev/urandom", "fifo", "directory", "over 1 MiB"],
+)
+def test_only_regular_files_of_at_most_1_mib_are_read(job_dir: Path, make, message: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(DefinitionError) as info:
+        parse_job(make(job_dir))
+    assert str(info.value) == message.format(dir=job_dir)
+    assert time.monotonic() - started < 2
+
+
+def test_text_is_held_to_the_file_size_limit() -> None:
+    with pytest.raises(DefinitionError, match=r"^<api>: too large: 2,097,152 bytes \(at most 1,048,576\)$"):
+        parse_job_text("#" * 2 * 1024 * 1024, source="<api>")
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _sized(path: Path, size: int) -> Path:
+    path.write_text(S + "#" * (size - len(S)))
+    return path
+
+
+def test_a_job_of_more_than_10000_tasks_is_refused_at_the_step_that_crosses_the_limit(job_dir: Path) -> None:
+    lab = [TargetVM(f"vm{i}", "base", frozenset({"x"}), True) for i in range(11)]
+    steps = "".join(f"  - {{name: s{i}, run: x, labels: [x]}}\n" for i in range(1000))
+    job = parse_job(write_job(job_dir, "name: j\nsteps:\n" + steps))
+    with pytest.raises(DefinitionError) as info:
+        resolve_targets(job, lab)
+    # 909 steps of 11 tasks are 9,999 tasks; the 910th step (index 909, line 912) crosses 10,000.
+    assert str(info.value) == (
+        f"{job_dir / 'job.yaml'}:912: steps[909].labels: the job would have more than 10,000 tasks "
+        "(10,010 up to this step, 11 of them here)"
+    )
+    assert len(resolve_targets(job, lab[:10])) == 1000  # exactly 10,000 tasks
+
+
+@pytest.mark.parametrize("value", [10**400, "9" * 350, "9" * 340 + "d"])
+def test_durations_too_large_for_a_float_are_refused_not_raised(value: object) -> None:
+    with pytest.raises(ValueError, match="^too large: "):
+        parse_duration(value)  # type: ignore[arg-type]

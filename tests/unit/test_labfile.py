@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from testlab.domain.commands import (
+    BACKEND_COMMANDS,
+    COMMAND_OPERATIONS,
+    COMMAND_PLACEHOLDERS,
+    REQUIRED_COMMANDS,
+    template_problem,
+)
 from testlab.domain.errors import DefinitionError
+from testlab.domain.hostoptions import BACKEND_OPERATIONS, HOST_OPTIONS
 from testlab.domain.labfile import HostDef, LabDef, VMDef, dump_lab, parse_lab, parse_lab_text
-from testlab.scheduler.snapshot import HostLimits
+from testlab.domain.limits import LIMIT_FIELDS, HostLimits
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -162,7 +175,7 @@ ERRORS = [
         "host unknown key",
         H + "    colour: red\nvms: []\n",
         "lab.yaml:5: hosts[0].colour: unknown key (allowed: agent_token_file, backend, commands, "
-        "description, domain_type, limits, name, uri)",
+        "description, domain_type, limits, min_free_disk, name, options, uri)",
     ),
     (
         "host missing uri",
@@ -225,7 +238,7 @@ ERRORS = [
     (
         "limit negative",
         H + "    limits:\n      max_active: -1\nvms: []\n",
-        "lab.yaml:6: hosts[0].limits.max_active: expected a non-negative integer, got -1",
+        "lab.yaml:6: hosts[0].limits.max_active: expected an integer from 0 to 2147483647, got -1",
     ),
     (
         "limit float",
@@ -252,8 +265,7 @@ ERRORS = [
         "unknown command",
         H + "    commands:\n      reboot: ipmitool power cycle\nvms: []\n",
         "lab.yaml:6: hosts[0].commands.reboot: unknown operation (allowed: power_on, power_off, "
-        "state, revert, "
-        "power_cycle, health)",
+        "state, revert, power_cycle, health, list_snapshots, create_snapshot)",
     ),
     (
         "command not string",
@@ -484,3 +496,443 @@ def test_example_lab_parses() -> None:
     roles = {vm.role for vm in parsed.vms}
     assert roles == {"base", "extra", "retired"}
     assert parse_lab_text(dump_lab(parsed)) == parsed
+
+
+def test_the_domain_layer_does_not_import_the_scheduler() -> None:
+    code = "import sys, testlab.domain.labfile, testlab.domain.jobfile; print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "testlab.scheduler" not in loaded
+
+
+def test_host_limits_are_still_importable_from_the_scheduler() -> None:
+    from testlab.scheduler import HostLimits as from_package
+    from testlab.scheduler.snapshot import LIMIT_FIELDS as fields
+    from testlab.scheduler.snapshot import HostLimits as from_snapshot
+
+    assert from_package is from_snapshot is HostLimits
+    assert fields == LIMIT_FIELDS
+
+
+# ---- limits (docs/files.md, "Limits") and names every backend accepts
+
+DOMAIN_RULE = (
+    "use letters, digits, '.', '_', '+' and '-', starting with a letter or digit, at most 128 characters"
+)
+
+LIMIT_ERRORS = [
+    (
+        "domain with a space",
+        H + "vms:\n  - {name: v, host: h1, domain: 'a b', snapshot: clean}\n",
+        f"lab.yaml:6: vms[0].domain: invalid domain name 'a b': {DOMAIN_RULE}",
+    ),
+    (
+        "snapshot with a slash",
+        H + "vms:\n  - {name: v, host: h1, snapshot: 'a/b'}\n",
+        f"lab.yaml:6: vms[0].snapshot: invalid snapshot name 'a/b': {DOMAIN_RULE}",
+    ),
+    (
+        "snapshot starting with a dot",
+        H + "vms:\n  - {name: v, host: h1, snapshot: ..}\n",
+        f"lab.yaml:6: vms[0].snapshot: invalid snapshot name '..': {DOMAIN_RULE}",
+    ),
+    (
+        "domain of 129 characters",
+        H + f"vms:\n  - {{name: v, host: h1, domain: {'d' * 129}, snapshot: clean}}\n",
+        "lab.yaml:6: vms[0].domain: too long: 129 characters (at most 128)",
+    ),
+    (
+        "VM name over its column",
+        H + f"vms:\n  - {{name: {'v' * 101}, host: h1, snapshot: clean}}\n",
+        "lab.yaml:6: vms[0].name: too long: 101 characters (at most 100)",
+    ),
+    (
+        "NUL in a URI",
+        'hosts:\n  - {name: h1, backend: libvirt, uri: "qemu:///system\\0"}\nvms: []\n',
+        "lab.yaml:2: hosts[0].uri: must not contain NUL characters",
+    ),
+    (
+        "URI over its column",
+        f"hosts:\n  - {{name: h1, backend: libvirt, uri: 'test:///{'u' * 500}'}}\nvms: []\n",
+        "lab.yaml:2: hosts[0].uri: too long: 508 characters (at most 500)",
+    ),
+    (
+        "newline in an agent URL",
+        H + 'vms:\n  - {name: v, host: h1, snapshot: s, agent: "http://a:1\\n"}\n',
+        "lab.yaml:6: vms[0].agent: must be a single line, got 'http://a:1\\n'",
+    ),
+    (
+        "two local hosts in one directory",
+        H + "  - {name: h2, backend: local, uri: 'local:////var/tmp/lab/'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp/lab' is the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
+    ),
+    (
+        "a local host inside another's directory",
+        H + "  - {name: h2, backend: local, uri: 'local:///var/tmp/lab/vm1'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp/lab/vm1' lies inside the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
+    ),
+    (
+        "a local host around another's directory",
+        H + "  - {name: h2, backend: local, uri: 'local:///var/tmp'}\nvms: []\n",
+        "lab.yaml:5: hosts[1].uri: '/var/tmp' holds the directory of host 'h1' (line 2): "
+        "each local host needs a directory of its own",
+    ),
+    (
+        "limit over 32 bits",
+        H + "    limits: {max_active: 99999999999}\nvms: []\n",
+        "lab.yaml:5: hosts[0].limits.max_active: expected an integer from 0 to 2147483647, got 99999999999",
+    ),
+    (
+        "sleep of two days",
+        H + "    limits: {sleep_after_revert: 2d}\nvms: []\n",
+        "lab.yaml:5: hosts[0].limits.sleep_after_revert: must be at most 24h, got 48h",
+    ),
+    (
+        "NUL in a label",
+        H + 'vms:\n  - {name: v, host: h1, snapshot: s, labels: ["a\\0"]}\n',
+        "lab.yaml:6: vms[0].labels[0]: must not contain NUL characters",
+    ),
+    (
+        "101 labels",
+        H
+        + "vms:\n  - {name: v, host: h1, snapshot: s, labels: ["
+        + ", ".join(f"l{i}" for i in range(101))
+        + "]}\n",
+        "lab.yaml:6: vms[0].labels: too many items: 101 (at most 100)",
+    ),
+    (
+        "description of 16 KiB and one character",
+        H + f"    description: {'d' * (16 * 1024 + 1)}\nvms: []\n",
+        "lab.yaml:5: hosts[0].description: too long: 16,385 characters (at most 16,384)",
+    ),
+    (
+        "1,001 hosts",
+        "hosts:\n"
+        + "".join(f"  - {{name: h{i}, backend: libvirt, uri: 'test:///default'}}\n" for i in range(1001))
+        + "vms: []\n",
+        "lab.yaml:1: hosts: too many items: 1,001 (at most 1,000)",
+    ),
+    (
+        "unknown placeholder",
+        H + "    commands: {power_cycle: 'pdu cycle {nosuch}'}\nvms: []\n",
+        "lab.yaml:5: hosts[0].commands.power_cycle: uses unknown placeholders: {nosuch} "
+        "(known: {domain}, {snapshot}, {host})",
+    ),
+    (
+        "placeholder in single quotes",
+        H + "    commands:\n      power_cycle: ssh bmc 'cycle {domain}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {domain} is inside single quotes: it is "
+        "substituted shell-quoted already, and quoting it again unquotes it; remove the quotes around it",
+    ),
+    (
+        "placeholder in double quotes",
+        H + "    commands:\n      power_cycle: 'pdu cycle \"{host}\"'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} is inside double quotes: it is "
+        "substituted shell-quoted already, and quoting it again unquotes it; remove the quotes around it",
+    ),
+    (
+        "placeholder after a backslash",
+        H + "    commands:\n      power_cycle: 'pdu cycle \\{host}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} follows a backslash, which would "
+        "undo its quoting",
+    ),
+    (
+        "placeholder with a format",
+        H + "    commands:\n      power_cycle: 'pdu cycle {host:.3}'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: placeholder {host} takes no conversion or format; "
+        "write {host}",
+    ),
+    (
+        "unclosed brace",
+        H + "    commands:\n      power_cycle: 'pdu cycle {host'\nvms: []\n",
+        "lab.yaml:6: hosts[0].commands.power_cycle: not a valid template (expected '}' before end of "
+        "string); write {{ and }} for literal braces",
+    ),
+    (
+        "NUL in a command",
+        H + '    commands:\n      power_cycle: "pdu cycle\\0"\nvms: []\n',
+        "lab.yaml:6: hosts[0].commands.power_cycle: must not contain NUL characters",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in LIMIT_ERRORS], ids=[i for i, _, _ in LIMIT_ERRORS]
+)
+def test_limits_are_refused_with_one_line(text: str, expected: str) -> None:
+    assert error_of(text) == expected
+
+
+def test_names_at_the_limits_are_accepted() -> None:
+    parsed = lab(
+        H + f"vms:\n  - {{name: {'v' * 100}, host: h1, domain: {'d' * 128}, snapshot: 'win10+sp1_x.y-z'}}\n"
+    )
+    assert parsed.vms[0].domain == "d" * 128 and parsed.vms[0].snapshot == "win10+sp1_x.y-z"
+
+
+def test_more_than_10000_vms_are_refused() -> None:
+    text = H + "vms:\n" + "".join(f"  - {{name: v{i}, host: h1, snapshot: s}}\n" for i in range(10_001))
+    assert error_of(text) == "lab.yaml:5: vms: too many items: 10,001 (at most 10,000)"
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "/dev/urandom"])
+def test_devices_are_refused_before_reading(name: str) -> None:
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(Path(name))
+    assert str(info.value) == f"{name}: not a regular file (a device, pipe or socket)"
+
+
+def test_a_lab_file_is_at_most_4_mib(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(GOOD + "#" * (4 * 1024 * 1024 - len(GOOD)))
+    assert parse_lab(path).vms[0].name == "vm1"
+    with path.open("a") as f:
+        f.write("#")
+    with pytest.raises(DefinitionError) as info:
+        parse_lab(path)
+    assert str(info.value) == f"{path}: too large: 4,194,305 bytes (at most 4,194,304)"
+
+
+# ---- min_free_disk and options
+
+OPTION_ERRORS = [
+    (
+        "size with a decimal unit",
+        H + "    min_free_disk: 5GB\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: expected a size like 5G, 500M, 1.5T or 64K (powers of 1024), "
+        "or a number of bytes, got '5GB'",
+    ),
+    (
+        "negative size",
+        H + "    min_free_disk: -1\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: must not be negative, got -1",
+    ),
+    (
+        "size over 64 bits",
+        H + "    min_free_disk: 99999999T\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: must be at most 9223372036854775807 bytes, got '99999999T'",
+    ),
+    (
+        "fractional number of bytes",
+        H + "    min_free_disk: 1.5\nvms: []\n",
+        "lab.yaml:5: hosts[0].min_free_disk: expected a size like 5G, 500M, 1.5T or 64K (powers of 1024), "
+        "or a number of bytes, got 1.5",
+    ),
+    (
+        "options not a mapping",
+        H + "    options: [a]\nvms: []\n",
+        "lab.yaml:5: hosts[0].options: expected a mapping, got a list",
+    ),
+    (
+        "commands inside options",
+        H + "    options:\n      commands: {power_cycle: x}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.commands: commands is a key of the host itself, not an option",
+    ),
+    (
+        "option of another backend",
+        H + "    options: {snapshots: [a]}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.snapshots: unknown option for a local host "
+        "(allowed: agent_script, boot_timeout, spare_copies, timeouts)",
+    ),
+    (
+        "spare_copies not a boolean",
+        H + "    options: {spare_copies: 'no'}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.spare_copies: expected true or false, got 'no'",
+    ),
+    (
+        "zero boot timeout",
+        H + "    options: {boot_timeout: 0s}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.boot_timeout: must be more than 0",
+    ),
+    (
+        "negative shutdown grace",
+        "hosts:\n  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: -1}}\n"
+        "vms: []\n",
+        "lab.yaml:2: hosts[0].options.shutdown_grace: must not be negative, got -1",
+    ),
+    (
+        "missing agent script",
+        H + "    options: {agent_script: nowhere/server.py}\nvms: []\n",
+        "lab.yaml:5: hosts[0].options.agent_script: no such file: '/var/tmp/lab-dir/nowhere/server.py'",
+    ),
+    (
+        "timeout of an unknown operation",
+        H + "    options:\n      timeouts: {reboot: 5m}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.timeouts.reboot: unknown operation (allowed: agent_address, "
+        "create_snapshot, ensure_domain, health, list_snapshots, power_cycle, power_off, power_on, revert, "
+        "state)",
+    ),
+    (
+        "timeout of two days",
+        H + "    options:\n      timeouts: {revert: 2d}\nvms: []\n",
+        "lab.yaml:6: hosts[0].options.timeouts.revert: must be at most 24h, got 48h",
+    ),
+    (
+        "libvirt host with a local option",
+        "hosts:\n  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {spare_copies: false}}\n"
+        "vms: []\n",
+        "lab.yaml:2: hosts[0].options.spare_copies: unknown option for a libvirt host "
+        "(allowed: shutdown_grace, timeouts)",
+    ),
+    (
+        "bad snapshot name of a command host",
+        "hosts:\n  - name: c\n    backend: command\n    uri: command://c\n"
+        "    commands: {power_on: a, power_off: b, state: c, revert: d}\n"
+        "    options:\n      snapshots: [debian-12, 'win 11']\n"
+        "vms: []\n",
+        f"lab.yaml:7: hosts[0].options.snapshots[1]: invalid snapshot name 'win 11': {DOMAIN_RULE}",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in OPTION_ERRORS], ids=[i for i, _, _ in OPTION_ERRORS]
+)
+def test_option_errors(text: str, expected: str) -> None:
+    assert error_of(text, base_dir=Path("/var/tmp/lab-dir")) == expected
+
+
+OPTIONS_LAB = """\
+hosts:
+  - name: sandbox
+    backend: local
+    uri: local:///var/tmp/sandbox
+    min_free_disk: 5G
+    options:
+      spare_copies: false
+      boot_timeout: 30s
+      timeouts: {revert: 10m, power_on: 90s}
+  - name: kvm
+    backend: libvirt
+    uri: qemu:///system
+    min_free_disk: 1.5T
+    options:
+      timeouts: {revert: 1h30m}
+  - name: rack
+    backend: command
+    uri: command://rack
+    min_free_disk: 123456789
+    commands: {power_on: a, power_off: b, state: c, revert: 'reinstall {domain} {snapshot}'}
+    options:
+      snapshots: [debian-12, win11]
+      timeouts: {revert: 2h}
+vms: []
+"""
+
+
+def test_options_and_min_free_disk_are_read_as_plain_data_and_round_trip() -> None:
+    parsed = lab(OPTIONS_LAB)
+    sandbox, kvm, rack = parsed.hosts
+    assert sandbox.min_free_disk == 5 * 1024**3
+    assert dict(sandbox.options) == {
+        "spare_copies": False,
+        "boot_timeout": 30.0,
+        "timeouts": {"revert": 600.0, "power_on": 90.0},
+    }
+    assert kvm.min_free_disk == 1649267441664 and dict(kvm.options) == {"timeouts": {"revert": 5400.0}}
+    assert rack.min_free_disk == 123456789
+    assert dict(rack.options) == {"snapshots": ["debian-12", "win11"], "timeouts": {"revert": 7200.0}}
+    assert json.loads(json.dumps(dict(rack.options))) == dict(rack.options)  # what the JSON column stores
+    hash(parsed)
+    dumped = dump_lab(parsed)
+    assert (
+        "  min_free_disk: 1.5T\n" in dumped
+        and "  min_free_disk: 123456789\n" in dumped
+        and "    timeouts:\n      revert: 1h30m\n" in dumped
+    )
+    assert parse_lab_text(dumped) == parsed
+    assert lab(GOOD).hosts[0].min_free_disk is None and dict(lab(GOOD).hosts[0].options) == {}
+
+
+def test_options_from_the_database_compare_equal_to_parsed_ones() -> None:
+    parsed = lab(OPTIONS_LAB).hosts[2]
+    stored = json.loads(json.dumps({"options": dict(parsed.options)}))["options"]
+    assert dataclasses.replace(parsed, options=stored) == parsed
+
+
+def test_a_backend_is_given_only_the_commands_it_runs() -> None:
+    from testlab.hypervisor.command import CommandBackend
+    from testlab.hypervisor.libvirt import LibvirtBackend
+    from testlab.hypervisor.local import LocalBackend
+
+    for backend in (LocalBackend, LibvirtBackend, CommandBackend):
+        assert tuple(BACKEND_COMMANDS[backend.kind]) == tuple(backend.command_operations), backend.kind
+    assert error_of(H + "    commands: {power_cycle: pdu cycle 3, state: virsh domstate x}\nvms: []\n") == (
+        "lab.yaml:5: hosts[0].commands.state: a local host runs no state command (only power_cycle)"
+    )
+    assert dict(lab(H + "    commands: {power_cycle: pdu cycle 3}\nvms: []\n").hosts[0].commands) == {
+        "power_cycle": "pdu cycle 3"
+    }
+
+
+def test_the_parser_knows_the_backends_options_and_operations() -> None:
+    from testlab.hypervisor.base import OPERATIONS
+    from testlab.hypervisor.command import CommandBackend
+    from testlab.hypervisor.libvirt import LibvirtBackend
+    from testlab.hypervisor.local import LocalBackend
+
+    assert BACKEND_OPERATIONS == OPERATIONS
+    for backend in (LocalBackend, LibvirtBackend, CommandBackend):
+        assert set(HOST_OPTIONS[backend.kind]) == {*backend.option_names, "timeouts"}, backend.kind
+
+
+def test_agent_script_and_shutdown_grace(tmp_path: Path) -> None:
+    (tmp_path / "agent").mkdir()
+    (tmp_path / "agent" / "server.py").write_text("")
+    parsed = lab(
+        H + "    options: {agent_script: agent/server.py}\n"
+        "  - {name: k, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: 0}}\n"
+        "  - {name: k2, backend: libvirt, uri: 'qemu:///system', options: {shutdown_grace: 2m}}\nvms: []\n",
+        base_dir=tmp_path,
+    )
+    local, libvirt, libvirt2 = parsed.hosts
+    assert dict(local.options) == {"agent_script": str(tmp_path / "agent" / "server.py")}
+    assert dict(libvirt.options) == {"shutdown_grace": 0.0} and dict(libvirt2.options) == {
+        "shutdown_grace": 120.0
+    }
+    assert parse_lab_text(dump_lab(parsed)) == parsed
+
+
+def test_the_command_backend_shares_the_parsers_template_rules() -> None:
+    from testlab.hypervisor import open_backend
+    from testlab.hypervisor.command import REQUIRED
+    from testlab.hypervisor.runner import OPERATIONS, PLACEHOLDERS
+
+    assert set(PLACEHOLDERS) == set(COMMAND_PLACEHOLDERS)
+    assert OPERATIONS == COMMAND_OPERATIONS and REQUIRED == REQUIRED_COMMANDS
+    commands = {"power_on": "on", "power_off": "off", "state": "st", "revert": "pxe {domain} {snapshot:.3}"}
+    with pytest.raises(ValueError, match=r"placeholder \{snapshot\} takes no conversion or format"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
+    commands["revert"] = "ssh pxe '{domain}'"
+    with pytest.raises(ValueError, match=r"placeholder \{domain\} is inside single quotes"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
+    commands["revert"] = 'ssh pxe "$(echo {snapshot})"'
+    with pytest.raises(ValueError, match=r"placeholder \{snapshot\} is inside double quotes"):
+        open_backend("command", "rack", "command://rack", {"commands": commands})
+
+
+def test_a_quoted_placeholder_would_have_run_the_value(tmp_path: Path) -> None:
+    """Why quoted placeholders are refused: the backend's own quoting, quoted again, comes undone."""
+    import shlex
+
+    marker = tmp_path / "ran"
+    value = f"x$(touch {marker})"
+    template = "echo '{domain}' > /dev/null"
+    subprocess.run(["/bin/sh", "-c", template.format(domain=shlex.quote(value))], check=True)
+    assert marker.exists()
+    assert template_problem(template) is not None
+    marker.unlink()
+    unquoted = "echo {domain} > /dev/null"
+    subprocess.run(["/bin/sh", "-c", unquoted.format(domain=shlex.quote(value))], check=True)
+    assert not marker.exists()
+
+
+def test_the_command_host_of_the_backend_docs_parses() -> None:
+    docs = (EXAMPLES.parent / "docs" / "hypervisors.md").read_text()
+    section = docs[docs.index("## `command`") :]
+    snippet = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert snippet is not None
+    (host,) = lab("hosts:\n" + textwrap.indent(snippet.group(1), "  ") + "vms: []\n").hosts
+    assert host.backend == "command" and "revert" in host.commands
+    assert dict(host.options) == {"snapshots": ["debian-12", "win11"], "timeouts": {"revert": 5400.0}}
