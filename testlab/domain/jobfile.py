@@ -45,8 +45,12 @@ DEFAULT_TIMEOUT = 30 * 60.0
 MAX_TIMEOUT = MAX_STEP_TIMEOUT
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_JOB_KEYS = ("name", "priority", "description", "steps")
-_STEP_KEYS = ("name", "run", "files", "vms", "labels", "after", "timeout", "artifacts", "env")
+_JOB_KEYS = ("name", "priority", "description", "reference", "notify", "steps")
+_STEP_KEYS = ("name", "run", "files", "vms", "labels", "after", "timeout", "artifacts", "reports", "env")
+_NOTIFY_KEYS = ("email", "webhooks", "when")
+NOTIFY_WHEN = ("failure", "always")
+MAX_RECIPIENTS = 50
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class StepDef:
     after: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     artifacts: tuple[str, ...] = ()
+    reports: tuple[str, ...] = ()  # JUnit XML or TAP files the command writes, parsed into test cases
     env: Mapping[str, str] = field(default_factory=FrozenMap)
     line: int | None = None
     # Line of each key of the step, so later checks (resolve_targets) can point at `labels:` itself.
@@ -70,6 +75,19 @@ class StepDef:
 
 
 @dataclass(frozen=True)
+class NotifyDef:
+    """Who hears of the job's end: addresses, webhooks (by name), and whether on failure only."""
+
+    email: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+    when: str = "failure"
+    webhook_lines: tuple[int, ...] = ()  # where each webhook is named, for errors found at submission
+
+    def as_dict(self) -> dict[str, object]:
+        return {"email": list(self.email), "webhooks": list(self.webhooks), "when": self.when}
+
+
+@dataclass(frozen=True)
 class JobDef:
     name: str
     priority: int
@@ -77,6 +95,8 @@ class JobDef:
     steps: tuple[StepDef, ...]
     source: Path
     base_dir: Path
+    reference: bool = False  # its results become what later jobs' failures are compared with
+    notify: NotifyDef | None = None
 
     def step(self, name: str) -> StepDef | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -130,6 +150,8 @@ def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = Non
     name = top.string("name", max_length=MAX_JOB_NAME)
     priority = top.integer("priority", DEFAULT_PRIORITY, minimum=INT32_MIN, maximum=INT32_MAX)
     description = top.text("description")
+    reference = top.boolean("reference", False)
+    notify = _parse_notify(top)
 
     steps: list[StepDef] = []
     step_lines: dict[str, int] = {}
@@ -149,6 +171,33 @@ def parse_job_text(text: str, source: str = "<job>", base_dir: Path | None = Non
         steps=tuple(steps),
         source=Path(source),
         base_dir=anchor,
+        reference=reference,
+        notify=notify,
+    )
+
+
+def _parse_notify(top: MapReader) -> NotifyDef | None:
+    reader = top.mapping("notify")
+    if reader is None:
+        return None
+    reader.check_keys(_NOTIFY_KEYS)
+    email = reader.string_list("email", max_items=MAX_RECIPIENTS, check=_email_problem)
+    webhooks = reader.string_list("webhooks", max_items=MAX_RECIPIENTS, max_length=MAX_NAME)
+    if not email and not webhooks:
+        raise reader.error(None, "name at least one e-mail address or webhook")
+    return NotifyDef(
+        email=email,
+        webhooks=webhooks,
+        when=reader.string("when", "failure", choices=NOTIFY_WHEN),
+        webhook_lines=tuple(line for _, line, _ in reader.items("webhooks")),
+    )
+
+
+def _email_problem(address: str) -> str | None:
+    return (
+        None
+        if _EMAIL.fullmatch(address) and len(address) <= 300
+        else f"expected an address like name@domain, got {address!r}"
     )
 
 
@@ -181,6 +230,7 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
         after=after,
         timeout=timeout,
         artifacts=reader.string_list("artifacts", check=_pattern_problem, max_items=MAX_ARTIFACTS),
+        reports=reader.string_list("reports", check=_pattern_problem, max_items=MAX_ARTIFACTS),
         env=_parse_env(reader),
         line=reader.line(),
         field_lines=_field_lines(reader),

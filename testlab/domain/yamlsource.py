@@ -476,6 +476,15 @@ class MapReader:
             raise self.error(key, f"path too long: {len(resolved):,} characters (at most {MAX_LINE})")
         return resolved
 
+    def boolean(self, key: str, default: bool) -> bool:
+        """`true` or `false`; YAML's other spellings of booleans (yes, on...) are refused as ambiguous."""
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {describe(value)}")
+        return value
+
     def mapping(self, key: str) -> MapReader | None:
         if key not in self.data:
             return None

@@ -24,8 +24,9 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
-from testlab.db.models import VM, Job, Step, Task, utcnow
+from testlab.db.models import VM, Job, Step, Task, Webhook, utcnow
 from testlab.db.session import after_commit, on_rollback
+from testlab.domain.errors import DefinitionError
 from testlab.domain.jobfile import JobDef, TargetVM, resolve_targets
 from testlab.domain.statuses import TaskStatus, VMRole
 from testlab.services.errors import NotFound, UserError
@@ -83,6 +84,7 @@ def submit_job(
         _stage_files(job, staging)
         recover_staged_jobs(session, settings)
         targets = resolve_targets(job, _target_vms(session))
+        _check_webhooks(session, job)
         vm_ids = dict(session.execute(select(VM.name, VM.id)).all())
         job_id = _insert(session, job, targets, vm_ids, owner=owner, priority=priority, now=utcnow())
         (staging / JOB_ID_MARK).write_text(str(job_id))
@@ -102,6 +104,21 @@ def submit_job(
     return job_id
 
 
+def _check_webhooks(session: Session, job: JobDef) -> None:
+    """The webhooks a job file names must exist: a typo would otherwise silence its notification."""
+    if job.notify is None or not job.notify.webhooks:
+        return
+    known = set(session.scalars(select(Webhook.name).where(Webhook.name.in_(job.notify.webhooks))))
+    for position, (name, line) in enumerate(zip(job.notify.webhooks, job.notify.webhook_lines, strict=False)):
+        if name not in known:
+            raise DefinitionError(
+                f"no webhook named {name!r}",
+                source=str(job.source),
+                line=line,
+                field=f"notify.webhooks[{position}]",
+            )
+
+
 def _insert(
     session: Session,
     job: JobDef,
@@ -119,6 +136,8 @@ def _insert(
         priority=job.priority if priority is None else priority,
         status=TaskStatus.QUEUED,
         submitted=now,
+        reference=job.reference,
+        notify=job.notify.as_dict() if job.notify is not None else {},
     )
     session.add(row)
     session.flush()
@@ -133,6 +152,7 @@ def _insert(
             command=step.run,
             files=list(step.files),
             artifacts=list(step.artifacts),
+            reports=list(step.reports),
             env=dict(step.env),
             timeout=step.timeout,
             status=TaskStatus.QUEUED,

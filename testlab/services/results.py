@@ -3,10 +3,11 @@ of a job's failures into new ones and known ones.
 
 A reference job (`reference: true`, or `testlab job mark-reference`) sets, for each (VM, step name,
 test case), the result later jobs are compared with. Each entry keeps the last few reference results
-(`HISTORY` of them) so a case that flips between pass and fail is flagged flaky. A failing case is
-*known* when the latest reference run before the job also failed it, *new* otherwise (it passed there,
-or the reference never ran it). Reading this for a job costs one query per task over its own cases
-and the reference entries of that VM and step: in proportion to the job's test cases, not to history.
+(`HISTORY` of them) so a case that flaps between pass and fail (two changes or more) is flagged flaky.
+A failing case is *known* when the latest reference run before the job also failed it, *new*
+otherwise (it passed there, or the reference never ran it). Reading this for a job costs one query per
+task over its own cases and the reference entries of that VM and step: in proportion to the job's test
+cases, not to history.
 """
 
 from __future__ import annotations
@@ -145,10 +146,11 @@ class CaseResult:
 
 
 def _judge(history: list, job_id: int, failing: bool) -> tuple[bool, bool]:
-    """(new, flaky) of a case of `job_id` against the reference runs before it."""
+    """(new, flaky) of a case of `job_id` against the reference runs before it. Flaky: it went from
+    pass to fail and back (or the other way round) within them; one change is a regression or a fix."""
     earlier = [status for ran, status in history if ran < job_id][-HISTORY:]
-    states = {status in CaseStatus.FAILING for status in earlier if status != CaseStatus.SKIPPED}
-    flaky = len(states) == 2
+    outcomes = [status in CaseStatus.FAILING for status in earlier if status != CaseStatus.SKIPPED]
+    flaky = sum(1 for before, after in zip(outcomes, outcomes[1:], strict=False) if before != after) >= 2
     new = failing and not (earlier and earlier[-1] in CaseStatus.FAILING)
     return new, flaky
 
