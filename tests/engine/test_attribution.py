@@ -214,3 +214,65 @@ def test_a_full_engine_disk_pauses_new_work_and_charges_no_vm(lab_db, tmp_path):
 
         power_off_lab(settings)
         subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_a_task_that_fills_its_disk_fails_alone_and_the_vm_works_at_the_next_revert(
+    settings, tmp_path, engine_process
+):
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small filesystem for the sandbox's disk: run it as root")
+    disks = tmp_path / "vms"
+    disks.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disks)], check=True)
+    try:
+        make_lab(settings, disks, {"h1": ["v1"]}, limits="max_ready_when_idle: 0")
+        fill = "dd if=/dev/zero of=big bs=1M count=200"
+        first = submit(settings, tmp_path, "fill", JOB.replace("p1", "v1").format(run=fill))
+        second = submit(settings, tmp_path, "after", JOB.replace("p1", "v1").format(run="echo fine > here"))
+        engine = engine_process()
+        assert wait_for_jobs(settings, [first, second], 90, engine) == {first: "failed", second: "completed"}
+        task = task_rows(settings, first)[0]
+        assert task["tries"] == 1 and task["exit_code"] not in (0, None), task
+        assert "the VM's disk was full" in task["detail"], task
+        assert vm_status(settings, "v1")["errors"] == 0
+        assert not any("offline" in reason or "error 1" in reason for reason in events_of(settings, "v1"))
+    finally:
+        from tests.engine.harness import power_off_lab
+
+        power_off_lab(settings)
+        subprocess.run(["umount", "-l", str(disks)], check=False)
+
+
+def test_a_symlink_loop_in_the_artifacts_neither_hangs_nor_blames_the_vm(settings, tmp_path, engine_process):
+    make_lab(settings, tmp_path / "vms", {"h1": ["v1"]})
+    run = "mkdir -p out/a && ln -s ../../.. out/a/loop && echo made > out/a/file"
+    job = submit(
+        settings,
+        tmp_path,
+        "loop",
+        f"name: loop\nsteps:\n  - {{name: s, vms: [v1], run: '{run}', artifacts: ['out/**']}}\n",
+    )
+    started = time.monotonic()
+    engine = engine_process()
+    assert wait_for_jobs(settings, [job], 60, engine) == {job: "completed"}
+    assert time.monotonic() - started < 30
+    task = task_rows(settings, job)[0]
+    artifacts = settings.job_dir(job) / "tasks" / str(task["id"]) / "artifacts"
+    assert (artifacts / "out" / "a" / "file").read_text() == "made\n"
+    assert vm_status(settings, "v1")["errors"] == 0
+
+
+def test_too_many_artifacts_fail_the_task_not_the_vm(settings, tmp_path, engine_process):
+    make_lab(settings, tmp_path / "vms", {"h1": ["v1"]})
+    run = "mkdir out && cd out && seq 1 100001 | xargs touch"
+    job = submit(
+        settings,
+        tmp_path,
+        "many",
+        f"name: many\nsteps:\n  - {{name: s, vms: [v1], run: '{run}', artifacts: ['out/*'], timeout: 5m}}\n",
+    )
+    engine = engine_process()
+    assert wait_for_jobs(settings, [job], 180, engine) == {job: "failed"}
+    task = task_rows(settings, job)[0]
+    assert task["tries"] == 1 and "artifacts refused" in task["detail"], task
+    assert vm_status(settings, "v1")["errors"] == 0
