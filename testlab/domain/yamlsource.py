@@ -477,7 +477,7 @@ class MapReader:
         return resolved
 
     def boolean(self, key: str, default: bool) -> bool:
-        """`true` or `false`; YAML's other spellings of booleans (yes, on...) are refused as ambiguous."""
+        """A YAML boolean (`true`, `false`); a string such as "true" is refused, not guessed at."""
         if key not in self.data:
             return default
         value = self.data[key]

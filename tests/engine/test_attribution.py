@@ -4,7 +4,6 @@ the engine's full disk is nobody's; a host short of disk takes no new revert."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from testlab.services.lab import apply_lab
 from tests.engine.harness import (
     EngineProcess,
     make_lab,
+    power_off_lab,
     submit,
     task_rows,
     vm_status,
@@ -27,6 +27,7 @@ from tests.engine.harness import (
     wait_for_jobs,
 )
 from tests.support.postgres import free_port
+from tests.support.tmpfs import small_filesystem
 
 pytestmark = pytest.mark.slow
 
@@ -170,77 +171,72 @@ def test_a_host_short_of_disk_gets_no_new_revert_and_says_why(
 
 
 def test_a_full_engine_disk_pauses_new_work_and_charges_no_vm(lab_db, tmp_path):
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a small filesystem for the engine's data directory: run it as root")
     home = tmp_path / "home"
-    home.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(home)], check=True)
     settings = type(lab_db.settings)(home=home, database_url=lab_db.settings.database_url)
     if settings.database_url.startswith("sqlite"):  # the database lives elsewhere than the full disk
         settings = type(settings)(home=home, database_url=f"sqlite:///{tmp_path / 'testlab.db'}")
     engine = None
-    try:
-        make_lab(settings, tmp_path / "vms", {"h1": ["v1"]})
-        marks = tmp_path / "marks"
-        marks.mkdir()
-        # The first try writes more output than the engine's disk has room for; later tries little.
-        big = (
-            f"if [ -e {marks}/first ]; then echo small; "
-            f"else touch {marks}/first; head -c 12000000 /dev/zero; fi"
-        )
-        job = submit(settings, tmp_path, "j", JOB.replace("p1", "v1").format(run=big))
-        filler = home / "filler"
-        subprocess.run(
-            ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=16"], check=True, capture_output=True
-        )
-        limits = {"TESTLAB_ENGINE_MIN_FREE_DISK": "1000000", "TESTLAB_MAX_LOG_BYTES": "10000000"}
-        engine = EngineProcess(settings, limits, log=tmp_path / "engine.log")
-        engine.start()
-        wait_for(
-            lambda: any("engine's disk" in n and "paused" in n for n in notifications(settings)),
-            60,
-            what="pause",
-        )
-        assert vm_status(settings, "v1")["errors"] == 0
-        filler.unlink()
-        assert wait_for_jobs(settings, [job], 90, engine) == {job: "completed"}
-        assert any("engine's disk" in n and "resumed" in n for n in notifications(settings))
-        assert task_rows(settings, job)[0]["tries"] == 1, "the engine's own trouble uses no try"
-        assert not any("offline" in reason or "error 1" in reason for reason in events_of(settings, "v1"))
-    finally:
-        if engine is not None:
-            engine.stop()
-        from tests.engine.harness import power_off_lab
-
-        power_off_lab(settings)
-        subprocess.run(["umount", "-l", str(home)], check=False)
+    with small_filesystem(home, "24m"):
+        try:
+            make_lab(settings, tmp_path / "vms", {"h1": ["v1"]})
+            marks = tmp_path / "marks"
+            marks.mkdir()
+            # The first try writes more output than the engine's disk has room for; later tries little.
+            big = (
+                f"if [ -e {marks}/first ]; then echo small; "
+                f"else touch {marks}/first; head -c 12000000 /dev/zero; fi"
+            )
+            job = submit(settings, tmp_path, "j", JOB.replace("p1", "v1").format(run=big))
+            filler = home / "filler"
+            subprocess.run(
+                ["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=16"], check=True, capture_output=True
+            )
+            limits = {"TESTLAB_ENGINE_MIN_FREE_DISK": "1000000", "TESTLAB_MAX_LOG_BYTES": "10000000"}
+            engine = EngineProcess(settings, limits, log=tmp_path / "engine.log").start()
+            wait_for(
+                lambda: any("engine's disk" in n and "paused" in n for n in notifications(settings)),
+                60,
+                what="pause",
+            )
+            assert vm_status(settings, "v1")["errors"] == 0
+            filler.unlink()
+            assert wait_for_jobs(settings, [job], 90, engine) == {job: "completed"}
+            assert any("engine's disk" in n and "resumed" in n for n in notifications(settings))
+            assert task_rows(settings, job)[0]["tries"] == 1, "the engine's own trouble uses no try"
+            assert not any("offline" in reason or "error 1" in reason for reason in events_of(settings, "v1"))
+        finally:
+            if engine is not None:
+                engine.stop()
+            power_off_lab(settings)
 
 
 def test_a_task_that_fills_its_disk_fails_alone_and_the_vm_works_at_the_next_revert(
     settings, tmp_path, engine_process
 ):
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a small filesystem for the sandbox's disk: run it as root")
     disks = tmp_path / "vms"
-    disks.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disks)], check=True)
-    try:
-        make_lab(settings, disks, {"h1": ["v1"]}, limits="max_ready_when_idle: 0")
-        fill = "dd if=/dev/zero of=big bs=1M count=200"
-        first = submit(settings, tmp_path, "fill", JOB.replace("p1", "v1").format(run=fill))
-        second = submit(settings, tmp_path, "after", JOB.replace("p1", "v1").format(run="echo fine > here"))
-        engine = engine_process()
-        assert wait_for_jobs(settings, [first, second], 90, engine) == {first: "failed", second: "completed"}
-        task = task_rows(settings, first)[0]
-        assert task["tries"] == 1 and task["exit_code"] not in (0, None), task
-        assert "the VM's disk was full" in task["detail"], task
-        assert vm_status(settings, "v1")["errors"] == 0
-        assert not any("offline" in reason or "error 1" in reason for reason in events_of(settings, "v1"))
-    finally:
-        from tests.engine.harness import power_off_lab
-
-        power_off_lab(settings)
-        subprocess.run(["umount", "-l", str(disks)], check=False)
+    with small_filesystem(disks, "40m"):
+        engine = None
+        try:
+            make_lab(settings, disks, {"h1": ["v1"]}, limits="max_ready_when_idle: 0")
+            fill = "dd if=/dev/zero of=big bs=1M count=200"
+            first = submit(settings, tmp_path, "fill", JOB.replace("p1", "v1").format(run=fill))
+            second = submit(
+                settings, tmp_path, "after", JOB.replace("p1", "v1").format(run="echo fine > here")
+            )
+            engine = EngineProcess(settings, log=tmp_path / "engine.log").start()
+            assert wait_for_jobs(settings, [first, second], 90, engine) == {
+                first: "failed",
+                second: "completed",
+            }
+            task = task_rows(settings, first)[0]
+            assert task["tries"] == 1 and task["exit_code"] not in (0, None), task
+            assert "the VM's disk was full" in task["detail"], task
+            assert vm_status(settings, "v1")["errors"] == 0
+            assert not any("offline" in reason or "error 1" in reason for reason in events_of(settings, "v1"))
+        finally:
+            if engine is not None:
+                engine.stop()
+            power_off_lab(settings)
 
 
 def test_a_symlink_loop_in_the_artifacts_neither_hangs_nor_blames_the_vm(settings, tmp_path, engine_process):

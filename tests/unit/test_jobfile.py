@@ -118,7 +118,7 @@ ERRORS = [
     (
         "unknown top key",
         S + "owner: me\n",
-        "job.yaml:6: owner: unknown key (allowed: description, name, priority, steps)",
+        "job.yaml:6: owner: unknown key (allowed: description, name, notify, priority, reference, steps)",
     ),
     ("missing name", "steps: []\n", "job.yaml:1: name: missing required key"),
     ("missing steps", "name: j\n", "job.yaml:1: steps: missing required key"),
@@ -134,7 +134,7 @@ ERRORS = [
         "step unknown key",
         S + "    retries: 3\n",
         "job.yaml:6: steps[0].retries: unknown key (allowed: after, artifacts, env, files, labels, "
-        "name, run, timeout, "
+        "name, reports, run, timeout, "
         "vms)",
     ),
     (
@@ -590,13 +590,14 @@ LIMIT_ERRORS = [
     (
         "key with a newline",
         S + '"own\\ner": me\n',
-        "job.yaml:6: 'own\\ner': unknown key (allowed: description, name, priority, steps)",
+        "job.yaml:6: 'own\\ner': unknown key "
+        "(allowed: description, name, notify, priority, reference, steps)",
     ),
     (
         "key of 10,000 characters",
         S + "? " + "k" * 10_000 + "\n: me\n",
         "job.yaml:6: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk… (10,000 characters): "
-        "unknown key (allowed: description, name, priority, steps)",
+        "unknown key (allowed: description, name, notify, priority, reference, steps)",
     ),
 ]
 
@@ -680,3 +681,32 @@ def test_a_job_of_more_than_10000_tasks_is_refused_at_the_step_that_crosses_the_
 def test_durations_too_large_for_a_float_are_refused_not_raised(value: object) -> None:
     with pytest.raises(ValueError, match="^too large: "):
         parse_duration(value)  # type: ignore[arg-type]
+
+
+def test_reports_reference_and_notify_are_read(tmp_path):
+    (tmp_path / "job.yaml").write_text(
+        "name: nightly\nreference: true\n"
+        "notify: {email: [dev@lab.test], webhooks: [ci], when: always}\n"
+        "steps:\n  - {name: t, vms: [a], run: 'true', reports: [results/*.xml]}\n"
+    )
+    job = parse_job(tmp_path / "job.yaml")
+    assert job.reference is True
+    assert job.notify.as_dict() == {"email": ["dev@lab.test"], "webhooks": ["ci"], "when": "always"}
+    assert job.steps[0].reports == ("results/*.xml",)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("reference: 'true'\n", "reference: expected true or false, got"),
+        ("notify: {when: always}\n", "notify: name at least one e-mail address or webhook"),
+        ("notify: {email: [nobody]}\n", "notify.email[0]: expected an address like name@domain"),
+        ("notify: {email: [a@b], when: sometimes}\n", "notify.when:"),
+        ("notify: {email: [a@b], to: [x]}\n", "notify.to: unknown key"),
+    ],
+)
+def test_bad_notify_and_reference_are_refused(tmp_path, extra, message):
+    (tmp_path / "job.yaml").write_text("name: j\n" + extra + "steps:\n  - {name: t, vms: [a], run: 'true'}\n")
+    with pytest.raises(DefinitionError) as info:
+        parse_job(tmp_path / "job.yaml")
+    assert message in str(info.value), str(info.value)
