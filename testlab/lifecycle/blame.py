@@ -86,7 +86,9 @@ def posterior_mean(
 
 
 @dataclass
-class _Tally:
+class Tally:
+    """One suspect's followers: failures and successes, and the latest job that used it."""
+
     failures: int = 0
     successes: int = 0
     latest_job: int | None = None
@@ -96,7 +98,7 @@ class _Tally:
 class FollowerCounts:
     """The counts blame scores: per suspect key ((kind, step)), and all tasks with a verdict."""
 
-    tallies: dict[tuple[str, str | None], _Tally] = field(default_factory=dict)
+    tallies: dict[tuple[str, str | None], Tally] = field(default_factory=dict)
     failures: int = 0
     successes: int = 0
 
@@ -130,7 +132,7 @@ def count_followers(lifecycles: Iterable[Lifecycle]) -> FollowerCounts:
                             tally.successes += 1
             key = _key(use)
             users.setdefault(key, set()).add(use.job)
-            tally = counts.tallies.setdefault(key, _Tally())
+            tally = counts.tallies.setdefault(key, Tally())
             if use.job is not None and (tally.latest_job is None or use.job > tally.latest_job):
                 tally.latest_job = use.job
     return counts
