@@ -40,8 +40,9 @@ class WipeAdvice:
         """One line for the notification and the VM's event."""
         use = self.suspect
         what = f"step {use.step} of job {use.job}" if use.in_job else f"{use.kind}#{use.use_id}"
-        jobs = ", ".join(str(job) for job in dict.fromkeys(task.job for task in self.failures))
-        return f"{len(self.failures)} tasks of different jobs ({jobs}) failed after {what}"
+        jobs = list(dict.fromkeys(task.job for task in self.failures))
+        listed = ", ".join(str(job) for job in jobs)
+        return f"tasks of {len(jobs)} jobs ({listed}) failed in a row after {what}"
 
 
 def wipe_advice(

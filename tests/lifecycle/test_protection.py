@@ -27,7 +27,7 @@ def test_two_jobs_failing_after_the_same_use_wipe_the_vm():
     assert advice.suspect == uses[1]  # the most recent of the uses both failures followed
     assert advice.suspects == (uses[1], uses[0])
     assert advice.failures == (uses[2], uses[3])
-    assert advice.reason == "2 tasks of different jobs (2, 3) failed after step scrub of job 1"
+    assert advice.reason == "tasks of 2 jobs (2, 3) failed in a row after step scrub of job 1"
 
 
 def test_one_job_failing_twice_is_its_own_business():
@@ -71,7 +71,7 @@ def test_an_administrators_command_is_a_suspect():
     command = Use(UseKind.EXEC, use_id=5, actor="cli alice")
     advice = wipe_advice([ok(1, "build"), command, ko(2, "test"), ko(3, "test")])
     assert advice is not None and advice.suspect == command
-    assert advice.reason == "2 tasks of different jobs (2, 3) failed after exec#5"
+    assert advice.reason == "tasks of 2 jobs (2, 3) failed in a row after exec#5"
 
 
 def test_a_blame_ranking_orders_the_suspects():
