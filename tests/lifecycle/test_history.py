@@ -144,7 +144,7 @@ def test_the_length_cap_leaves_out_the_least_telling_first():
 
 
 @given(use_lists, st.none() | st.integers(0, 6), st.integers(0, 8), st.integers(MIN_LENGTH, 700))
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)  # a loaded machine must not fail it
 @example([task(MAX_ID, "a" * 100, concurrent=True)] * 3, None, 0, MIN_LENGTH)
 def test_round_trip(uses, job, keep_recent, max_length):
     """parse(format(x)) is x as the string represents it; the string fits its cap; every use is
