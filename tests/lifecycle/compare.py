@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from testlab.lifecycle.blame import blame
-from tests.lifecycle.statistics import STATISTICS
+from tests.lifecycle.scorers import STATISTICS
 from tests.lifecycle.workloads import DAMAGING, Workload
 
 

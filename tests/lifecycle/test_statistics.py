@@ -7,7 +7,7 @@ from pathlib import Path
 
 from testlab.lifecycle.blame import blame, posterior_mean
 from tests.lifecycle.compare import compare, table
-from tests.lifecycle.statistics import binomial_surprise, failure_count, failure_rate, wilson_lower_bound
+from tests.lifecycle.scorers import binomial_surprise, failure_count, failure_rate, wilson_lower_bound
 from tests.lifecycle.workloads import DAMAGING, Workload
 
 DOCS = Path(__file__).parents[2] / "docs" / "lifecycle.md"
