@@ -94,7 +94,7 @@ def job_show(job_id: int, as_json: bool) -> None:
             (
                 step["name"],
                 task["id"],
-                task["vm"],
+                task["vm"] or f"any [{', '.join(step['labels'] or ())}]",
                 styled(task["status"]),
                 task["tries"],
                 f"blocked: {task['blocked']}" if task["blocked"] else task["result"],

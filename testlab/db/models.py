@@ -213,6 +213,8 @@ class Step(Base):
     files: Mapped[list] = mapped_column(JSON, default=list)
     artifacts: Mapped[list] = mapped_column(JSON, default=list)
     reports: Mapped[list] = mapped_column(JSON, default=list)  # JUnit/TAP report patterns
+    # A pool step's labels: its tasks run on any enabled base VM carrying them all (empty: pinned tasks).
+    pool_labels: Mapped[list] = mapped_column(JSON, default=list)
     env: Mapped[dict] = mapped_column(JSON, default=dict)
     timeout: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20), default="queued")
@@ -238,7 +240,9 @@ class Task(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     step_id: Mapped[int] = mapped_column(ForeignKey("steps.id"))
     number: Mapped[int] = mapped_column(Integer)
-    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id"))
+    vm_id: Mapped[int | None] = mapped_column(
+        ForeignKey("vms.id"), nullable=True
+    )  # None: a pool task not yet started
     status: Mapped[str] = mapped_column(String(20), default="queued")
     timeout: Mapped[float] = mapped_column(Float)
     tries: Mapped[int] = mapped_column(Integer, default=0)  # starts so far; past the limit -> boterror

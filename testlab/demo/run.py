@@ -74,12 +74,14 @@ def _board(settings: Settings, job_ids: list[int], started: float) -> Table:
             select(Job.id, Job.name, Step.name, VM.name, Task.status, Task.detail)
             .join(Step, Task.step_id == Step.id)
             .join(Job, Task.job_id == Job.id)
-            .join(VM, Task.vm_id == VM.id)
+            .outerjoin(VM, Task.vm_id == VM.id)
             .where(Job.id.in_(job_ids))
             .order_by(Job.id, Step.number, Task.number)
         ).all()
     for job_id, job_name, step, vm, status, detail in rows:
-        table.add_row(str(job_id), job_name, step, vm, styled(status) + (f" ({detail})" if detail else ""))
+        table.add_row(
+            str(job_id), job_name, step, vm or "(any)", styled(status) + (f" ({detail})" if detail else "")
+        )
     return table
 
 

@@ -46,7 +46,19 @@ MAX_TIMEOUT = MAX_STEP_TIMEOUT
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _JOB_KEYS = ("name", "priority", "description", "reference", "notify", "steps")
-_STEP_KEYS = ("name", "run", "files", "vms", "labels", "after", "timeout", "artifacts", "reports", "env")
+_STEP_KEYS = (
+    "name",
+    "run",
+    "files",
+    "vms",
+    "labels",
+    "count",
+    "after",
+    "timeout",
+    "artifacts",
+    "reports",
+    "env",
+)
 _NOTIFY_KEYS = ("email", "webhooks", "when")
 NOTIFY_WHEN = ("failure", "always")
 MAX_RECIPIENTS = 50
@@ -60,6 +72,9 @@ class StepDef:
     files: tuple[str, ...] = ()
     vms: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    # With labels: N tasks, each on whichever VM carrying the labels is free first (a pool);
+    # None: one task on every such VM.
+    count: int | None = None
     after: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     artifacts: tuple[str, ...] = ()
@@ -212,6 +227,9 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
         raise reader.error(None, "missing 'vms' or 'labels' (say where the step runs)")
     vms = reader.string_list("vms", non_empty=True, max_items=MAX_TASKS, max_length=MAX_NAME)
     labels = reader.string_list("labels", non_empty=True, max_items=MAX_LABELS, max_length=MAX_NAME)
+    count = reader.integer("count", None, minimum=1, maximum=MAX_TASKS) if reader.has("count") else None
+    if count is not None and not labels:
+        raise reader.error("count", "goes with labels: N tasks on any VMs carrying them")
     after = reader.string("after", None)
     if after == name:
         raise reader.error("after", "a step cannot run after itself")
@@ -227,6 +245,7 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
         files=reader.string_list("files", check=lambda p: _file_problem(p, anchor), max_items=MAX_FILES),
         vms=vms,
         labels=labels,
+        count=count,
         after=after,
         timeout=timeout,
         artifacts=reader.string_list("artifacts", check=_pattern_problem, max_items=MAX_ARTIFACTS),
@@ -314,8 +333,15 @@ def _step_error(step: StepDef, source: str, key: str, message: str, *, index: in
     return DefinitionError(message, source=source, line=line, field=f"steps[{index}].{key}")
 
 
-def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str, ...]]:
-    """Step name -> the VMs it gets one task each on, or a DefinitionError naming the step and line.
+def selected_by(labels: Iterable[str], vm_labels: Iterable[str], role: str) -> bool:
+    """Whether a label selection (a step's `labels:`) picks a VM: a `base` VM carrying all of them.
+    The same rule chooses a step's VMs at submission and a pool task's candidates when it starts."""
+    return role == VMRole.BASE and set(labels) <= set(vm_labels)
+
+
+def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str | None, ...]]:
+    """Step name -> the VMs it gets one task each on (None for each task of a pool, whose VM is chosen
+    when it starts), or a DefinitionError naming the step and line.
 
     Named VMs may be `extra` (asking by name is how extras are used) but not retired, deleted or
     disabled; labels pick enabled `base` VMs carrying all of them, sorted by name. A job has at most
@@ -347,9 +373,7 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
         else:
             wanted = set(step.labels)
             chosen = sorted(
-                vm.name
-                for vm in known.values()
-                if vm.enabled and vm.role == VMRole.BASE and wanted <= vm.labels
+                vm.name for vm in known.values() if vm.enabled and selected_by(wanted, vm.labels, vm.role)
             )
             if not chosen:
                 raise _step_error(
@@ -359,7 +383,7 @@ def resolve_targets(job: JobDef, vms: Iterable[TargetVM]) -> dict[str, tuple[str
                     f"no enabled base VM has all of the labels [{', '.join(step.labels)}]",
                     index=index,
                 )
-            targets[step.name] = tuple(chosen)
+            targets[step.name] = (None,) * step.count if step.count is not None else tuple(chosen)
         tasks += len(targets[step.name])
         if tasks > MAX_TASKS:
             key = "vms" if step.vms else "labels"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from testlab.config import Settings
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task, utcnow
+from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import PowerOffWork, RevertWork, TaskWork, View, vm_ref
@@ -113,7 +114,14 @@ def _start_task(
     task = session.get(Task, task_id)
     if task is None or task.status != TaskStatus.QUEUED or vm.status != VMStatus.IDLE:
         return []
-    if vm.maintenance_requested or task.vm_id != vm.id:
+    if vm.maintenance_requested:
+        return []
+    if task.vm_id is None:  # a pool task takes the VM the plan chose, if it still carries the labels
+        pool_labels = session.scalar(select(Step.pool_labels).where(Step.id == task.step_id))
+        if not pool_labels or not selected_by(pool_labels, vm.labels or (), vm.role):
+            return []
+        task.vm_id = vm.id
+    elif task.vm_id != vm.id:
         return []
     job = session.get(Job, task.job_id)
     if job.cancel_requested:

@@ -229,8 +229,8 @@ class Outcomes:
         task = session.get(Task, task_id)
         if task.status != TaskStatus.RUNNING:
             return
-        self._requeue(session, task, reason, count_try=count_try)
         vm = session.get(VM, task.vm_id)
+        self._requeue(session, task, reason, count_try=count_try)
         if vm.status == VMStatus.RUNNING or vm.operation == "task":
             if vm_error:
                 self.vm_error(session, vm.id, reason)

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
+from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, View, vm_ref
@@ -62,7 +63,7 @@ def read_round(session: Session, options: EngineOptions, inflight: frozenset[str
             )
             for vm in vms
         },
-        tasks=_queued_tasks(session, {vm.id: vm.name for vm in vms}),
+        tasks=_queued_tasks(session, vms),
     )
     current = utcnow()
     running = dict(
@@ -107,10 +108,20 @@ def _host_checks(hosts: list[Host], options: EngineOptions, now: datetime) -> li
     return [HostCheck(h.id, h.name, options.monitor_timeout) for h in due]
 
 
-def _queued_tasks(session: Session, vm_names: dict[int, str]) -> tuple[TaskView, ...]:
+def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
+    vm_names = {vm.id: vm.name for vm in vms}
+    pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
+
+    def candidates(labels: list[str]) -> tuple[str, ...]:
+        key = tuple(sorted(labels))
+        found = pools.get(key)
+        if found is None:
+            found = pools[key] = tuple(vm.name for vm in vms if selected_by(key, vm.labels or (), vm.role))
+        return found
+
     dependency = aliased(Step)
     rows = session.execute(
-        select(Task.id, Task.vm_id, Job.id, Job.priority, Step.id, dependency.status)
+        select(Task.id, Task.vm_id, Job.id, Job.priority, Step.id, dependency.status, Step.pool_labels)
         .join(Step, Task.step_id == Step.id)
         .join(Job, Task.job_id == Job.id)
         .outerjoin(dependency, Step.depends_on_id == dependency.id)
@@ -118,14 +129,16 @@ def _queued_tasks(session: Session, vm_names: dict[int, str]) -> tuple[TaskView,
         .order_by(Job.priority, Job.id, Step.number, Task.id)
     ).all()
     tasks = []
-    for task_id, vm_id, job_id, priority, step_id, dependency_status in rows:
+    for task_id, vm_id, job_id, priority, step_id, dependency_status, pool_labels in rows:
         if dependency_status is None or dependency_status == TaskStatus.COMPLETED:
             stage = 0
         elif dependency_status == TaskStatus.RUNNING:
             stage = 1
         else:
             continue
-        if vm_id in vm_names:
+        if vm_id is None and pool_labels:
+            tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage, candidates(pool_labels)))
+        elif vm_id in vm_names:
             tasks.append(TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage))
     return tuple(tasks)
 

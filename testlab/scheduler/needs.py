@@ -49,15 +49,22 @@ def future_niceness(vm: VMView) -> Niceness:
     return (FUTURE, ROLE_RANK.get(vm.role, len(ROLE_RANK)), -vm.recent_demand, vm.name)
 
 
-def scan_tasks(tasks: Sequence[TaskView]) -> Needs:
-    """The one pass over the queue: each VM's first runnable task and first next-step task."""
+def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None] | None = None) -> Needs:
+    """The one pass over the queue: each VM's first runnable task and first next-step task.
+
+    `targets` gives each task's VM for this round (a pool task's claimed VM, or None when it claimed
+    none); without it, each task's own VM."""
     runnable: dict[str, int] = {}
     later: dict[str, int] = {}
     index = -1
     for task in tasks:
         index += 1
-        vm = task.vm
+        vm = task.vm if targets is None else targets[index]
         stage = task.stage
+        if vm is None:
+            if stage not in (0, 1):
+                raise SnapshotError(f"task {task.id}: stage must be 0 or 1, got {stage!r}")
+            continue
         if stage == 0:
             if vm not in runnable:
                 runnable[vm] = index

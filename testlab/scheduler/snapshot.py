@@ -43,11 +43,13 @@ class TaskView:
     1: its step waits for an earlier step that is still queued or running (prepare ahead)."""
 
     id: int
-    vm: str
+    vm: str | None  # None: a pool task, which may run on any of its `candidates`
     job_id: int
     priority: int  # the job's priority: lower runs first
     step_id: int
     stage: int = 0
+    # A pool task's VMs (all those carrying its step's labels). Tasks of one pool share one tuple.
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,7 @@ def enqueue_job_end(session: Session, job: Job) -> None:
     tasks = session.execute(
         select(Task.id, Step.name, VM.name, Task.status, Task.exit_code, Task.failures, Task.detail)
         .join(Step, Task.step_id == Step.id)
-        .join(VM, Task.vm_id == VM.id)
+        .outerjoin(VM, Task.vm_id == VM.id)
         .where(Task.job_id == job.id)
         .order_by(Step.number, Task.number)
     ).all()

@@ -31,7 +31,7 @@ def job_tasks(session: Session, job_id: int, task_id: int | None = None) -> list
     query = (
         select(Task.id, Step.name, VM.name, Task.status)
         .join(Step, Task.step_id == Step.id)
-        .join(VM, Task.vm_id == VM.id)
+        .outerjoin(VM, Task.vm_id == VM.id)
         .where(Task.job_id == job_id)
         .order_by(Step.number, Task.number)
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import Job, Task
+from testlab.db.models import Job, Step, Task
 from testlab.db.session import after_commit
 from testlab.domain.statuses import TaskStatus
 from testlab.services.results import clear_task_results
@@ -35,4 +36,6 @@ def requeue_task(
     else:
         task.detail = reason
         set_task_status(session, task, TaskStatus.QUEUED, f"requeued: {reason}")
+        if session.scalar(select(Step.pool_labels).where(Step.id == task.step_id)):
+            task.vm_id = None  # a pool task tries again on whichever VM of its pool is free first
     roll_up_job(session, job)

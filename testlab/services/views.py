@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task
+from testlab.domain.jobfile import selected_by
 from testlab.results import classify
 from testlab.services.results import job_verdict, task_problems
 
@@ -151,6 +152,29 @@ def _verdict(task: Task, step: Step, problems) -> str:
     ).label
 
 
+def _pool_waits(session: Session, steps: list[Step], tasks: list[Task]) -> dict[int, str]:
+    """Why a pool step's queued tasks wait, when no VM carrying its labels can be used at all (each
+    such VM blocked: offline, in maintenance...). A pool that is merely busy does not block."""
+    waiting = {t.step_id for t in tasks if t.vm_id is None and t.status == "queued"}
+    steps = [s for s in steps if s.id in waiting]
+    if not steps:
+        return {}
+    vms = session.execute(select(VM.name, VM.labels, VM.role)).all()
+    reasons = dict(session.execute(select(Blocked.subject, Blocked.reason)).all())
+    found = {}
+    for step in steps:
+        labels = f"[{', '.join(step.pool_labels)}]"
+        members = [
+            name for name, vm_labels, role in vms if selected_by(step.pool_labels, vm_labels or (), role)
+        ]
+        why = [reasons.get(f"vm {name}") for name in members]
+        if not members:
+            found[step.id] = f"no VM carries the labels {labels} any more"
+        elif all(why):
+            found[step.id] = f"no VM with the labels {labels} can be used: {'; '.join(why[:3])}"
+    return found
+
+
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job with its steps and tasks; each task with its verdict (how it ended, in one line: see
     testlab/results/classify.py), the job with its test verdict against the reference runs."""
@@ -158,13 +182,14 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
     tasks = session.scalars(
         select(Task).where(Task.job_id == job.id).order_by(Task.step_id, Task.number)
     ).all()
-    vm_ids = {t.vm_id for t in tasks}
+    vm_ids = {t.vm_id for t in tasks if t.vm_id is not None}
     vm_names = dict(session.execute(select(VM.id, VM.name).where(VM.id.in_(vm_ids))).all()) if vm_ids else {}
+    pools = _pool_waits(session, [s for s in steps if s.pool_labels], tasks)
     by_step: dict[int, list[Task]] = {}
     for task in tasks:
         by_step.setdefault(task.step_id, []).append(task)
     names = {s.id: s.name for s in steps}
-    waiting = {t.vm_id for t in tasks if t.status == "queued"}
+    waiting = {t.vm_id for t in tasks if t.status == "queued" and t.vm_id is not None}
     blocked = (
         dict(
             session.execute(
@@ -195,6 +220,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
             "name": step.name,
             "after": names.get(step.depends_on_id) if step.depends_on_id else None,
             "status": step.status,
+            "labels": list(step.pool_labels or ()) or None,  # a pool step: its tasks run on any such VM
             "command": step.command,
             "timeout": step.timeout,
             "started": _time(step.started),
@@ -212,7 +238,12 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
                     "result": _verdict(t, step, problems.get(t.id, ())),
                     # Why a queued task cannot run as things stand (the engine's scheduler says).
                     "blocked": (
-                        blocked.get(f"vm {vm_names.get(t.vm_id)}") or blocked.get("engine")
+                        (
+                            pools.get(step.id)
+                            if t.vm_id is None
+                            else blocked.get(f"vm {vm_names.get(t.vm_id)}")
+                        )
+                        or blocked.get("engine")
                         if t.status == "queued"
                         else None
                     ),

@@ -260,7 +260,7 @@ def _chips(session: Session, jobs: list[dict]) -> dict[int, list[dict]]:
     if small:
         rows = session.execute(
             select(Task.job_id, Task.id, Task.status, VM.name)
-            .join(VM, Task.vm_id == VM.id)
+            .outerjoin(VM, Task.vm_id == VM.id)
             .where(Task.job_id.in_(small))
             .order_by(Task.job_id, Task.step_id, Task.number)
         )

@@ -133,7 +133,7 @@ ERRORS = [
     (
         "step unknown key",
         S + "    retries: 3\n",
-        "job.yaml:6: steps[0].retries: unknown key (allowed: after, artifacts, env, files, labels, "
+        "job.yaml:6: steps[0].retries: unknown key (allowed: after, artifacts, count, env, files, labels, "
         "name, reports, run, timeout, "
         "vms)",
     ),

@@ -39,6 +39,21 @@ def task(task_id: int, vm_name: str, stage: int = 0, priority: int = 5, job: int
     )
 
 
+def pool_task(
+    task_id: int, candidates: tuple[str, ...], stage: int = 0, priority: int = 5, job: int | None = None
+) -> TaskView:
+    """A task of a pool step: any of `candidates` will do (pass the same tuple for one pool)."""
+    return TaskView(
+        id=task_id,
+        vm=None,
+        job_id=job if job is not None else task_id,
+        priority=priority,
+        step_id=1,
+        stage=stage,
+        candidates=candidates,
+    )
+
+
 def lab(
     vms: list[VMView],
     tasks: list[TaskView] = (),
@@ -102,7 +117,8 @@ def check_plan(snapshot: Snapshot, plan: Plan) -> None:
         if isinstance(action, StartTask):
             assert v.status == VMStatus.IDLE, action
             t = tasks[action.task_id]
-            assert t.vm == action.vm and t.stage == 0, action
+            assert t.vm == action.vm if t.vm is not None else action.vm in t.candidates, action
+            assert t.stage == 0, action
             assert action.vm not in plan.blocked
             per_domain[key].append(action.vm)
         elif isinstance(action, Revert):
@@ -149,6 +165,7 @@ def check_plan(snapshot: Snapshot, plan: Plan) -> None:
     before_n = _host_numbers(snapshot, {n: v.status for n, v in vms.items()})
     after_n = _host_numbers(snapshot, after)
     queued_hosts = {vms[t.vm].host for t in snapshot.tasks if t.vm in vms}
+    queued_hosts |= {vms[c].host for t in snapshot.tasks if t.vm is None for c in t.candidates if c in vms}
     for host, view in snapshot.hosts.items():
         lim = view.limits
         b, a = before_n[host], after_n[host]

@@ -50,16 +50,19 @@ def labs(draw: st.DrawFn) -> Snapshot:
             )
         )
     names = [v.name for v in vms] + ["ghost"]
+    # A few pools (any of these VMs), each one shared tuple, as the engine builds them.
+    pools = [tuple(draw(st.lists(st.sampled_from(names), min_size=1, max_size=5))) for _ in range(2)]
     tasks = [
         TaskView(
             id=i,
-            vm=draw(st.sampled_from(names)),
+            vm=None if pooled else draw(st.sampled_from(names)),
             job_id=draw(st.integers(1, 6)),
             priority=draw(st.integers(0, 3)),
             step_id=draw(st.integers(1, 3)),
             stage=draw(st.integers(0, 1)),
+            candidates=draw(st.sampled_from(pools)) if pooled else (),
         )
-        for i in range(draw(st.integers(0, 15)))
+        for i, pooled in enumerate(draw(st.lists(st.booleans(), max_size=15)))
     ]
     return Snapshot.build(now=0.0, hosts=hosts, vms=vms, tasks=tasks)
 
