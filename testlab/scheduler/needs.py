@@ -49,6 +49,14 @@ def future_niceness(vm: VMView) -> Niceness:
     return (FUTURE, ROLE_RANK.get(vm.role, len(ROLE_RANK)), -vm.recent_demand, vm.name)
 
 
+def first_pool_task(tasks: Sequence[TaskView]) -> int | None:
+    """The queue index of the first pool task, None when every task is pinned to its VM."""
+    for index, task in enumerate(tasks):
+        if task.vm is None:
+            return index
+    return None
+
+
 def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None] | None = None) -> Needs:
     """The one pass over the queue: each VM's first runnable task and first next-step task.
 

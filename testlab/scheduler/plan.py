@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from testlab.domain.statuses import VMStatus
 from testlab.scheduler.classify import Lab, blocked_reason, classify
-from testlab.scheduler.needs import NEXT, RUNNABLE, Needs, Niceness, future_niceness, scan_tasks
+from testlab.scheduler.needs import (
+    NEXT,
+    RUNNABLE,
+    Needs,
+    Niceness,
+    first_pool_task,
+    future_niceness,
+    scan_tasks,
+)
 from testlab.scheduler.pools import assign_pools
 from testlab.scheduler.sacrifice import can_displace, pick_lamb
 from testlab.scheduler.snapshot import Action, Plan, PowerOff, Revert, Snapshot, StartTask
@@ -29,8 +37,12 @@ def plan(snapshot: Snapshot, *, prepare_ahead: bool = True) -> Plan:
     Raises SnapshotError (a ValueError) with a one-line message for a malformed snapshot.
     """
     lab = classify(snapshot)
-    targets, pool_blocked = assign_pools(lab, snapshot.tasks)
-    needs = scan_tasks(snapshot.tasks, targets)
+    first_pool = first_pool_task(snapshot.tasks)
+    if first_pool is None:
+        needs, pool_blocked = scan_tasks(snapshot.tasks), {}
+    else:
+        targets, pool_blocked = assign_pools(lab, snapshot.tasks, first_pool)
+        needs = scan_tasks(snapshot.tasks, targets)
     blocked = _block(lab, needs)
     for name, reason in pool_blocked.items():
         blocked.setdefault(name, reason)

@@ -75,17 +75,20 @@ def _order(lab: Lab, candidates: Sequence[str], wanted: set[str]) -> list[str]:
     return [entry[-1] for entry in ranked]
 
 
-def assign_pools(lab: Lab, tasks: Sequence[TaskView]) -> tuple[list[str | None], dict[str, str]]:
+def assign_pools(
+    lab: Lab, tasks: Sequence[TaskView], first_pool_task: int
+) -> tuple[list[str | None], dict[str, str]]:
     """The VM each queued task targets this round (None: a pool task with nothing to claim), and the
-    blocked reasons of the candidates of pools that no VM can serve."""
+    blocked reasons of the candidates of pools that no VM can serve. `first_pool_task` is the queue
+    index of the first pool task: tasks before it are all pinned."""
     targets: list[str | None] = [task.vm for task in tasks]
-    if all(task.vm is not None for task in tasks):
-        return targets, {}
     wanted = {task.vm for task in tasks if task.vm is not None}
     claimed: set[str] = set()
     pools: dict[int, _Pool] = {}
     blocked: dict[str, str] = {}
-    for index, task in enumerate(tasks):
+    claimed.update(task.vm for task in tasks[:first_pool_task])
+    for index in range(first_pool_task, len(tasks)):
+        task = tasks[index]
         if task.vm is not None:
             claimed.add(task.vm)
             continue
