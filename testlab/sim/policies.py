@@ -21,9 +21,10 @@ class Policy:
     name: str
     plan: Callable[[Snapshot], Plan]
     description: str
-    # True when plan(lab) is the union of plan(each host's part of the lab): the simulator then
-    # re-plans only the hosts where something changed (see docs/sim.md, "Speed").
-    per_host: bool = True
+    # True when plan(lab) is the union of plan(each group's part of the lab), a group being the hosts
+    # linked by the pools queued on them: the simulator then re-plans only the hosts where something
+    # changed, with their group while a pool task is queued on it (see docs/sim.md, "Speed").
+    per_group: bool = True
 
 
 POLICIES: dict[str, Policy] = {

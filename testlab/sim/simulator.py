@@ -7,10 +7,12 @@ lab; once every event of an instant is applied, the policy plans for the hosts w
 changed, and each action starts an operation whose end is a future event. Nothing is simulated
 that the scheduler does not see: the simulator plays the engine, the hypervisors and the agents.
 
-Speed: the scheduler is only called for hosts where something changed, and only with that host's
+Speed: the scheduler is only called for hosts where something changed, and only with those hosts'
 VMs and tasks. testlab's plan() decides each host on its own (limits, domains and sacrifices are
-per host; queue order only compares tasks of one host), so planning the hosts one by one gives
-exactly the actions of one plan over the whole lab (tests/sim checks this on random labs).
+per host; queue order only compares tasks of one host) except for pool tasks, which take the best
+of their candidates over several hosts. So a host is planned alone while no pool task is queued on
+its group (testlab.sim.groups: the hosts linked by pools), and with its whole group otherwise: that
+gives exactly the actions of one plan over the whole lab (tests/sim checks this on random labs).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from dataclasses import dataclass, field
 from testlab.domain.labfile import LabDef
 from testlab.domain.rollup import rollup
 from testlab.domain.statuses import TaskStatus, VMStatus
-from testlab.scheduler.snapshot import Plan, PowerOff, Revert, Snapshot, StartTask, TaskView
-from testlab.sim.jobs import SimJob, SimStep, SimTask, draw_outcome, generate_jobs
+from testlab.scheduler.snapshot import Plan, PowerOff, Revert, Snapshot, StartTask, TaskView, VMView
+from testlab.sim.groups import host_groups
+from testlab.sim.jobs import SimJob, SimStep, SimTask, draw_outcome, first_try, generate_jobs
 from testlab.sim.policies import Policy
 from testlab.sim.vmstate import LabClock, SimHost, SimVM
 from testlab.sim.workload import Workload
@@ -42,6 +45,11 @@ FINAL = TaskStatus.FINAL
 REVERT_DONE, SETTLE_DONE, POWEROFF_DONE, TASK_DONE, VM_CHECK, HOST_UP, PLAN, VM_BREAK, HOST_CRASH = range(9)
 _PROGRESS_KINDS = PLAN
 MAX_ROUNDS = 20  # plans of one host at one instant when re-planning until nothing more is decided
+
+
+def _queue_order(task: TaskView) -> tuple[int, int, int, int]:
+    """The engine's queue order: priority, job, step, task."""
+    return task.priority, task.job_id, task.step_id, task.id
 
 
 @dataclass
@@ -76,9 +84,9 @@ class SimResult:
 
 
 class Simulation:
-    """One run of one policy on one lab and workload. `per_host=False` plans the whole lab at
-    once after every change, as the engine does (slower; the result is the same for per-host
-    policies)."""
+    """One run of one policy on one lab and workload. `per_group=False` plans the whole lab at
+    once after every change, as the engine does (slower; the result is the same for policies that
+    decide each group of hosts on its own)."""
 
     def __init__(
         self,
@@ -86,7 +94,7 @@ class Simulation:
         workload: Workload,
         policy: Policy,
         *,
-        per_host: bool | None = None,
+        per_group: bool | None = None,
         progress: Callable[[float], None] | None = None,
         until: float | None = None,
         settle: bool = False,
@@ -100,7 +108,7 @@ class Simulation:
         self.workload = workload
         self.policy = policy
         self.plan_fn = policy.plan
-        self.per_host = policy.per_host if per_host is None else per_host
+        self.per_group = policy.per_group if per_group is None else per_group
         self.progress = progress
         self.until = until
         self.engine = workload.engine
@@ -125,9 +133,18 @@ class Simulation:
             self.revert_time[vm.name] = workload.revert_for(vm.name)
         self.jobs = generate_jobs(workload, lab)
         self.tasks: dict[int, SimTask] = {t.id: t for j in self.jobs for s in j.steps for t in s.tasks}
-        self.queue: dict[str, dict[int, TaskView]] = {name: {} for name in self.hosts}
+        pools = {id(t.pool): t.pool.vms for t in self.tasks.values() if t.pool is not None}
+        vm_hosts = {vm.name: vm.host for vm in lab.vms}
+        self.group = host_groups(self.hosts, vm_hosts, pools.values())  # host -> its group
+        self.members: dict[str, list[SimHost]] = {}  # group -> its hosts
+        for name in sorted(self.hosts):
+            self.members.setdefault(self.group[name], []).append(self.hosts[name])
+        self.queue: dict[str, dict[int, TaskView]] = {name: {} for name in self.hosts}  # pinned tasks
+        self.pooled: dict[str, dict[int, TaskView]] = {name: {} for name in self.members}  # pool tasks
         self.ordered: dict[str, tuple[TaskView, ...] | None] = dict.fromkeys(self.hosts)
-        self.dirty: set[str] = set()
+        self.group_ordered: dict[str, tuple[TaskView, ...] | None] = dict.fromkeys(self.members)
+        self.group_views: dict[str, tuple[list[dict], dict]] = {}
+        self.dirty: set[str] = set()  # hosts
         self.blocked: dict[str, Mapping[str, str]] = {}  # host -> its blocked VMs at its last plan
         self.heap: list[tuple] = []
         self.seq = 0
@@ -196,65 +213,114 @@ class Simulation:
     # ------------------------------------------------------------------ planning
 
     def _plan_dirty(self) -> None:
-        dirty = sorted(self.dirty)
-        self.dirty = set()
-        if not self.per_host:
+        if not self.per_group:
             self._plan_rounds(None)
         else:
-            for name in dirty:
-                self._plan_rounds(self.hosts[name])
+            for name in sorted(self.dirty):
+                if name in self.dirty:  # not planned yet with its group
+                    self._plan_rounds(name)
         self._sample()
 
-    def _plan_rounds(self, host: SimHost | None) -> None:
-        """Plan (the whole lab, or one host) until nothing changed that the plan did not foresee.
+    def _unit(self, host: str) -> tuple[str | None, list[SimHost]]:
+        """What to plan for a change on `host`: (its group, the group's hosts) while a pool task is
+        queued on the group, else (None, [the host])."""
+        group = self.group[host]
+        if self.pooled[group]:
+            return group, self.members[group]
+        return None, [self.hosts[host]]
+
+    def _plan_rounds(self, host: str | None) -> None:
+        """Plan (the whole lab, or what a change on `host` concerns) until nothing changed that the
+        plan did not foresee.
 
         A plan accounts for its own reverts and power-offs, so those do not call for another plan.
         What it does not see is how its actions change the queue: a started task leaves it (a host
         whose queue empties starts keeping VMs ready) and makes its step run (the next step's tasks
         become ones to prepare for). The engine, seeing its own changes in the event history,
-        plans again at once; here `_show`/`_hide` mark the hosts whose queue changed.
+        plans again at once; here `_show`/`_hide` mark the hosts whose queue changed. Pool tasks
+        are the exception: they choose among their candidates by what is being prepared and by
+        each host's load before the plan, so after a plan that did something a group with pool
+        tasks queued is planned again until a plan does nothing. What to plan is decided again
+        each round: a pool task shown by a plan links the hosts of its group.
         """
+        unit: list[SimHost] | None = None
+        group: str | None = None
         for _ in range(MAX_ROUNDS):
             if host is None:
                 self.dirty = set()
+                snapshot = self._snapshot(None, None)
             else:
-                self.dirty.discard(host.name)
-            snapshot = self._snapshot(host)
+                group, unit = self._unit(host)
+                for member in unit:
+                    self.dirty.discard(member.name)
+                snapshot = self._snapshot(group, unit)
             decided: Plan = self.plan_fn(snapshot)
             self.result.plan_calls += 1
             if not decided.actions:
                 break
             self._apply(decided)
-            if not self.settle and (not self.dirty if host is None else host.name not in self.dirty):
+            if self.settle or group is not None or (host is None and any(self.pooled.values())):
+                continue
+            if not self.dirty if unit is None else not any(member.name in self.dirty for member in unit):
                 break
-        if host is None:
-            self.blocked = {"": decided.blocked}
-        elif decided.blocked or host.name in self.blocked:
-            self.blocked[host.name] = decided.blocked
+        self._keep_blocked(unit, decided.blocked)
 
-    def _snapshot(self, host: SimHost | None) -> Snapshot:
+    def _keep_blocked(self, unit: list[SimHost] | None, blocked: Mapping[str, str]) -> None:
+        """Remember each host's blocked VMs as its last plan reported them."""
+        if unit is None:
+            self.blocked = {"": blocked}
+        elif len(unit) == 1:
+            if blocked or unit[0].name in self.blocked:
+                self.blocked[unit[0].name] = blocked
+        elif blocked or any(member.name in self.blocked for member in unit):
+            split: dict[str, dict[str, str]] = {member.name: {} for member in unit}
+            for vm, why in blocked.items():
+                split[self.vms[vm].host.name][vm] = why
+            self.blocked.update(split)
+
+    def _snapshot(self, group: str | None, unit: list[SimHost] | None) -> Snapshot:
         now = self.now
-        if host is not None:
+        if unit is not None and group is None:
+            (host,) = unit
             return Snapshot(now, {host.name: host.view()}, host.vm_views(now), self._ordered(host.name))
+        if unit is not None and group is not None:
+            return Snapshot(
+                now, {h.name: h.view() for h in unit}, self._group_vms(group, now), self._group_tasks(group)
+            )
         hosts = list(self.hosts.values())
         vms = {name: view for h in hosts for name, view in h.vm_views(now).items()}
-        tasks = tuple(
-            sorted(
-                (t for h in self.hosts for t in self.queue[h].values()),
-                key=lambda t: (t.priority, t.job_id, t.step_id, t.id),
-            )
-        )
+        queued = [t for h in self.hosts for t in self.queue[h].values()]
+        queued += [t for pool in self.pooled.values() for t in pool.values()]
+        tasks = tuple(sorted(queued, key=_queue_order))
         return Snapshot(now=now, hosts={h.name: h.view() for h in hosts}, vms=vms, tasks=tasks)
 
     def _ordered(self, host: str) -> tuple[TaskView, ...]:
-        """The host's queued tasks in the engine's queue order: priority, job, step, task."""
+        """The host's queued pinned tasks in the engine's queue order: priority, job, step, task."""
         ordered = self.ordered[host]
         if ordered is None:
-            ordered = tuple(
-                sorted(self.queue[host].values(), key=lambda t: (t.priority, t.job_id, t.step_id, t.id))
-            )
-            self.ordered[host] = ordered
+            ordered = self.ordered[host] = tuple(sorted(self.queue[host].values(), key=_queue_order))
         return ordered
+
+    def _group_tasks(self, group: str) -> tuple[TaskView, ...]:
+        """The group's queued tasks, pinned and pool, in queue order."""
+        ordered = self.group_ordered[group]
+        if ordered is None:
+            queued = [t for host in self.members[group] for t in self._ordered(host.name)]
+            queued += self.pooled[group].values()
+            ordered = self.group_ordered[group] = tuple(sorted(queued, key=_queue_order))
+        return ordered
+
+    def _group_vms(self, group: str, now: float) -> dict[str, VMView]:
+        """The group's VMs as the scheduler sees them; merged again only when one of them changed."""
+        parts = [host.vm_views(now) for host in self.members[group]]
+        cached = self.group_views.get(group)
+        if cached is not None and all(old is new for old, new in zip(cached[0], parts, strict=True)):
+            return cached[1]
+        merged: dict[str, VMView] = {}
+        for part in parts:
+            merged.update(part)
+        self.group_views[group] = (parts, merged)
+        return merged
 
     def _apply(self, decided: Plan) -> None:
         for action in decided.actions:
@@ -270,14 +336,17 @@ class Simulation:
     def _start(self, task: SimTask, vm: SimVM) -> None:
         if task.status != QUEUED or vm.status != VMStatus.IDLE or vm.busy or not vm.host.up:
             return  # the engine drops actions whose VM or task moved on since the snapshot
+        if task.pool is not None and vm.name not in task.pool.members:
+            return
         self._hide(task)
+        task.vm = vm.name  # a pool task gets its VM when it starts
         self.queued -= 1
         task.tries += 1
         if task.started is None:
             task.started = self.now
             self.result.waits.append(self.now - (task.ready if task.ready is not None else self.now))
         if task.tries == 1:
-            run, outcome = task.run, task.outcome
+            run, outcome = first_try(task, vm.name)
         else:
             run, outcome = draw_outcome(task.step.times, vm.name, task.step.timeout, self.rng[vm.name])
         vm.start_task(task, self.now)
@@ -437,6 +506,8 @@ class Simulation:
             self._set_task(task, BOTERROR)
             return
         self.queued += 1
+        if task.pool is not None:
+            task.vm = None  # it tries again on whichever VM of its pool is free first
         self._set_task(task, QUEUED)
         stage = self._stage(task.step)
         if stage is not None:
@@ -445,17 +516,36 @@ class Simulation:
     # ------------------------------------------------------------------ tasks, steps and jobs
 
     def _show(self, task: SimTask, stage: int) -> None:
-        host = self.vms[task.vm].host.name
+        """Queue the task (or change its stage). A pool task is queued on its group, whose hosts are
+        then all to plan again: any of them may be the one it gets."""
         job = task.job
-        self.queue[host][task.id] = TaskView(task.id, task.vm, job.id, job.priority, task.step.id, stage)
-        self.ordered[host] = None
-        self.dirty.add(host)
+        pool = task.pool
+        if pool is None:
+            host = self.vms[task.vm].host.name
+            self.queue[host][task.id] = TaskView(task.id, task.vm, job.id, job.priority, task.step.id, stage)
+            self.ordered[host] = None
+            self.group_ordered[self.group[host]] = None
+            self.dirty.add(host)
+            return
+        group = self.group[self.vms[pool.vms[0]].host.name]
+        view = TaskView(task.id, None, job.id, job.priority, task.step.id, stage, pool.vms)
+        self.pooled[group][task.id] = view
+        self.group_ordered[group] = None
+        self.dirty.update(host.name for host in self.members[group])
 
     def _hide(self, task: SimTask) -> None:
-        host = self.vms[task.vm].host.name
-        if self.queue[host].pop(task.id, None) is not None:
-            self.ordered[host] = None
-            self.dirty.add(host)
+        pool = task.pool
+        if pool is None:
+            host = self.vms[task.vm].host.name
+            if self.queue[host].pop(task.id, None) is not None:
+                self.ordered[host] = None
+                self.group_ordered[self.group[host]] = None
+                self.dirty.add(host)
+            return
+        group = self.group[self.vms[pool.vms[0]].host.name]
+        if self.pooled[group].pop(task.id, None) is not None:
+            self.group_ordered[group] = None
+            self.dirty.update(host.name for host in self.members[group])
 
     @staticmethod
     def _stage(step: SimStep) -> int | None:

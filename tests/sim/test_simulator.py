@@ -61,7 +61,7 @@ def test_planning_host_by_host_is_exact(policy, example):
     non-empty plan would find."""
     lab, load = (WTB_LAB, WTB) if example == "wtb" else (CI_LAB, CI)
     fast = summary(lab, load, policy)
-    slow = summary(lab, load, policy, per_host=False, settle=True)
+    slow = summary(lab, load, policy, per_group=False, settle=True)
     fast.pop("plan_calls")
     slow.pop("plan_calls")
     assert fast == slow
