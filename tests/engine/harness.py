@@ -172,7 +172,10 @@ def describe_lab(settings: Settings, job_ids: list[int], engine: EngineProcess |
 def task_rows(settings: Settings, job_id: int) -> list[dict]:
     with session_scope(settings.database_url) as session:
         rows = session.execute(
-            select(Task, VM.name).outerjoin(VM, Task.vm_id == VM.id).where(Task.job_id == job_id).order_by(Task.id)
+            select(Task, VM.name)
+            .outerjoin(VM, Task.vm_id == VM.id)
+            .where(Task.job_id == job_id)
+            .order_by(Task.id)
         ).all()
         return [
             {

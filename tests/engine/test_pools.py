@@ -35,7 +35,9 @@ def test_pool_tasks_run_once_each_on_whichever_vm_is_free(settings, tmp_path, en
     )
     job = submit(settings, tmp_path, "pool", JOB.format(marks=marks))
     queued = task_rows(settings, job)
-    assert len(queued) == 9 and all(t["vm"] is None for t in queued), "pool tasks get their VM when they start"
+    assert len(queued) == 9 and all(t["vm"] is None for t in queued), (
+        "pool tasks get their VM when they start"
+    )
     engine = engine_process()
     assert wait_for_jobs(settings, [job], 120, engine) == {job: "completed"}
     tasks = task_rows(settings, job)
