@@ -17,9 +17,40 @@ import pytest
 from sqlalchemy import select
 
 from testlab.db import wakeup
-from testlab.db.models import User
+from testlab.db.models import VM, Task, User
 from testlab.db.session import after_commit, session_scope, upgrade
 from testlab.services.users import add_user
+from tests.engine.harness import make_lab, submit, wait_for
+
+#: The engine's poll and tick far beyond the test's bounds: only a wake-up can start the task in time.
+NO_POLLING = {"TESTLAB_POLL_INTERVAL": "30", "TESTLAB_TICK": "30"}
+STAMP = "name: {name}\nsteps:\n  - {{name: s, vms: [v1], run: 'date +%s.%N > {stamps}/$TESTLAB_TASK'}}\n"
+
+
+def vm_is_idle(settings) -> bool:
+    with session_scope(settings.database_url, readonly=True) as session:
+        return session.scalar(select(VM.status).where(VM.name == "v1")) == "idle"
+
+
+@pytest.mark.slow
+def test_a_job_submitted_by_another_process_starts_without_the_poll(settings, tmp_path, engine_process):
+    make_lab(settings, tmp_path / "vms", {"h1": ["v1"]}, limits="max_active: 1, max_ready_when_idle: 1")
+    engine = engine_process(NO_POLLING)
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    latencies = []
+    for n in range(3):
+        wait_for(lambda: vm_is_idle(settings), 60, 0.05, "v1 idle")
+        assert engine.alive(), engine.log.read_text()[-3000:]
+        job_id = submit(settings, tmp_path / "jobs", f"j{n}", STAMP.format(name=f"j{n}", stamps=stamps))
+        committed = time.time()
+        with session_scope(settings.database_url, readonly=True) as session:
+            task_id = session.scalar(select(Task.id).where(Task.job_id == job_id))
+        stamp = stamps / str(task_id)
+        wait_for(lambda s=stamp: s.exists() and s.read_text().strip(), 10, 0.005, "the command to run")
+        latencies.append(float(stamp.read_text()) - committed)
+    assert max(latencies) < 1.0, f"submit -> command running took {latencies} s: the engine was not woken"
+
 
 # ------------------------------------------------------------------------- the mechanism, in-process
 
