@@ -7,10 +7,14 @@ them: the agent reaps only the supervisors it forks, so as PID 1 it would collec
 agent exits, this process exits with its status and the kernel kills everything left in the
 namespace; powering the sandbox off kills this process, with the same effect.
 
-The agent runs in a forked copy of this interpreter (`runpy`), not a second one: starting Python costs
-more than the rest of a sandbox's boot. Standard library only, like the agent.
+Start-up is on the critical path of every revert, so it does as little as it can: the agent runs in a
+forked copy of this interpreter, not a second one; its code is loaded from the bytecode cache (running a
+script by path would compile it at every start); and with `--socket-fd N` the listening socket, already
+bound and listening in the backend, is handed to the agent (as socket activation, LISTEN_FDS=1): the
+backend's first request is queued on it at once and answered as soon as the agent serves, so nobody
+polls for the agent to come up. Standard library only, like the agent.
 
-Usage: python3 sandbox_init.py AGENT_SCRIPT [AGENT ARGUMENTS...]
+Usage: python3 -S sandbox_init.py [--socket-fd N] AGENT_SCRIPT [AGENT ARGUMENTS...]
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ import sys
 from typing import NoReturn
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+ACTIVATED_FD = 3  # where socket activation passes the listening socket
 
 
-def run_agent(script: str, args: list[str]) -> NoReturn:
+def run_agent(script: str, args: list[str], socket_fd: int | None = None) -> NoReturn:
     """In the child: run the agent script as `__main__`, as `python3 SCRIPT ARGS` would, then exit."""
     sys.argv = [script, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
+    if socket_fd is not None:
+        _activate(socket_fd)
     code = 0
     try:
-        import runpy
-
-        runpy.run_path(script, run_name="__main__")
+        _exec_main(script)
     except SystemExit as exc:
         if exc.code is None:
             code = 0
@@ -53,13 +58,44 @@ def run_agent(script: str, args: list[str]) -> NoReturn:
     os._exit(code)
 
 
+def _activate(socket_fd: int) -> None:
+    """Hand the listening socket over as systemd-style socket activation does: fd 3, LISTEN_FDS=1 and
+    LISTEN_PID naming this process (the agent checks both, then forgets them)."""
+    if socket_fd != ACTIVATED_FD:
+        os.dup2(socket_fd, ACTIVATED_FD)
+        os.close(socket_fd)
+    os.environ["LISTEN_FDS"] = "1"
+    os.environ["LISTEN_PID"] = str(os.getpid())
+
+
+def _exec_main(script: str) -> None:
+    """Execute the script as the `__main__` module, its code from the bytecode cache (__pycache__, shared
+    with imports of the same file; compiled, and cached where the directory is writable, when stale)."""
+    import importlib.machinery
+    import types
+
+    loader = importlib.machinery.SourceFileLoader("__main__", script)
+    code = loader.get_code("__main__")
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__loader__ = loader
+    sys.modules["__main__"] = main
+    exec(code, main.__dict__)
+
+
 def main() -> int:
-    if len(sys.argv) < 2:
-        sys.stderr.write("usage: sandbox_init.py AGENT_SCRIPT [ARGS...]\n")
+    argv = sys.argv[1:]
+    socket_fd = None
+    if argv[:1] == ["--socket-fd"] and len(argv) >= 2 and argv[1].isdigit():
+        socket_fd, argv = int(argv[1]), argv[2:]
+    if not argv:
+        sys.stderr.write("usage: sandbox_init.py [--socket-fd N] AGENT_SCRIPT [ARGS...]\n")
         return 2
     agent = os.fork()
     if agent == 0:
-        run_agent(sys.argv[1], sys.argv[2:])
+        run_agent(argv[0], argv[1:], socket_fd)
+    if socket_fd is not None:
+        os.close(socket_fd)  # the agent's alone: when it dies, waiting clients see the socket close
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
