@@ -30,6 +30,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import http.client
 import json
 import logging
 import os
@@ -41,8 +42,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -262,12 +261,6 @@ def _sandboxed_agent(sandbox_pid: int) -> tuple[int, int] | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------- backend
 
 
@@ -465,7 +458,11 @@ class LocalBackend(Backend):
         """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
 
         Records the sandbox as soon as it exists (a crash must not leave it unknown), then the agent's
-        own pid: the domain runs while the agent does."""
+        own pid: the domain runs while the agent does.
+
+        The backend binds the agent's port and listens on it itself, then hands the socket to the
+        sandbox: no other process can take the port in between, and the first request for the agent's
+        boot id waits in the socket's queue until the agent serves it, so nobody polls."""
         if not self.agent_script.is_file():
             raise OperationFailed(
                 f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
@@ -486,9 +483,8 @@ class LocalBackend(Backend):
                     domain=ddir.name,
                 )
             (ddir / "disk").mkdir()
-        last_error = ""
-        for _attempt in range(3):  # another process may grab the free port before the agent binds it
-            port = _free_port()
+        with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
+            port = listener.getsockname()[1]
             argv = sandbox.isolated_argv(
                 self.agent_script,
                 [
@@ -499,6 +495,7 @@ class LocalBackend(Backend):
                     "--workdir",
                     str(ddir / "disk"),
                 ],
+                socket_fd=listener.fileno(),
             )
             with open(ddir / "agent.log", "ab") as logf:
                 proc = subprocess.Popen(
@@ -508,29 +505,30 @@ class LocalBackend(Backend):
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=(listener.fileno(),),
                     cwd=ddir,
                 )
-            stat = _proc_stat(proc.pid)
-            for key in ("pid", "start_time", "boot_id"):
-                settings.pop(key, None)
-            settings.update(
-                port=port,
-                sandbox_pid=proc.pid,
-                sandbox_start=stat[3] if stat else None,
-                boots=int(settings.get("boots", 0)) + 1,
-            )
+        stat = _proc_stat(proc.pid)
+        for key in ("pid", "start_time", "boot_id"):
+            settings.pop(key, None)
+        settings.update(
+            port=port,
+            sandbox_pid=proc.pid,
+            sandbox_start=stat[3] if stat else None,
+            boots=int(settings.get("boots", 0)) + 1,
+        )
+        self._record_or_kill(ddir, settings)
+        boot_id, error = self._wait_for_agent(proc, port, settings["token"])
+        agent = _sandboxed_agent(proc.pid) if boot_id else None
+        if agent is not None:
+            settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
             self._record_or_kill(ddir, settings)
-            boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
-            agent = _sandboxed_agent(proc.pid) if boot_id else None
-            if agent is not None:
-                settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
-                self._record_or_kill(ddir, settings)
-                return
-            if boot_id:
-                last_error = "the agent answered but is not in its sandbox"
-            self._stop_agent(ddir)
+            return
+        if boot_id:
+            error = "the agent answered but is not in its sandbox"
+        self._stop_agent(ddir)
         raise OperationFailed(
-            f"agent of {ddir.name!r} did not come up: {last_error} (see {ddir / 'agent.log'})",
+            f"agent of {ddir.name!r} did not come up: {error} (see {ddir / 'agent.log'})",
             host=self.host,
             domain=ddir.name,
         )
@@ -546,24 +544,30 @@ class LocalBackend(Backend):
             ) from exc
 
     def _wait_for_agent(self, proc: subprocess.Popen[bytes], port: int, token: str) -> tuple[str, str]:
-        """Poll GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not)."""
+        """GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not). The request
+        waits in the listening socket's queue until the agent serves it; another is sent only when the
+        agent answered badly or died (its socket closed)."""
         deadline = time.monotonic() + self.boot_timeout
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/info", headers={"Authorization": f"Bearer {token}"}
-        )
         error = "no answer"
-        delay = 0.01
-        while time.monotonic() < deadline:
+        while True:
             if proc.poll() is not None:
                 return "", f"agent exited with status {proc.returncode}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "", f"no answer within {self.boot_timeout:g} s ({error})"
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=remaining)
             try:
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    return str(json.loads(resp.read()).get("boot_id", "")) or "unknown", ""
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                error = str(exc)
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-        return "", f"no answer within {self.boot_timeout:g} s ({error})"
+                connection.request("GET", "/v1/info", headers={"Authorization": f"Bearer {token}"})
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    return str(json.loads(body).get("boot_id", "")) or "unknown", ""
+                error = f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error = str(exc) or type(exc).__name__
+            finally:
+                connection.close()
+            time.sleep(0.005)
 
     def _stop_agent(self, ddir: Path) -> None:
         """Kill the domain's processes, then drop their record. A record that cannot be written (a task
