@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -150,17 +151,28 @@ def copy_tree(src: Path, dst: Path, timeout: float = DEFAULT_TIMEOUTS["revert"])
 # ----------------------------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, pgid, start time in clock ticks) from /proc, None if the pid does not exist."""
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """A /proc file of a process, None if the process is gone (os.read: a scan of /proc is on the
+    revert's critical path, and buffered file objects cost twice as much)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+    try:
+        return os.read(fd, 1 << 17)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgid, start time in clock ticks) from /proc, None if the pid does not exist."""
+    raw = _read_proc(pid, "stat")
+    if not raw:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[19])
 
 
 def _alive(pid: int, start_time: int) -> bool:
@@ -197,26 +209,19 @@ def _processes_using(path: str) -> list[int]:
     """Processes whose command line mentions `path`: sandboxes whose record was lost in a crash, copies
     of a killed process."""
     needle = os.fsencode(path)
+    me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) == me:
             continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in args:
+        line = _read_proc(int(entry), "cmdline")
+        if line and needle in line and needle in line.split(b"\0"):
             found.append(int(entry))
     return found
 
 
 def _cmdline(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return _read_proc(pid, "cmdline")
 
 
 def _kill_tree(pids: list[int]) -> None:
@@ -230,17 +235,47 @@ def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> list[int]:
     """SIGKILL the processes (and their groups) and wait until they are gone; returns survivors.
 
     Killing a sandbox's init makes the kernel kill the rest of its namespace, and the init is gone only
-    once the namespace is empty."""
+    once the namespace is empty. The wait is woken by the processes' exits (pidfds) where the kernel
+    has them, and polls every 5 ms where it does not."""
     started = {pid: st[3] for pid in pids if (st := _proc_stat(pid)) is not None}
     _kill_tree(list(started))
+    exits = _exit_watch(started)
     deadline = time.monotonic() + timeout
-    while True:
-        for pid in started:
-            _reap(pid)
-        alive = [pid for pid, start in started.items() if _alive(pid, start)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.005)
+    try:
+        while True:
+            for pid in started:
+                _reap(pid)
+            alive = [pid for pid, start in started.items() if _alive(pid, start)]
+            remaining = deadline - time.monotonic()
+            if not alive or remaining <= 0:
+                return alive
+            watched = [exits[pid] for pid in alive if pid in exits]
+            if len(watched) == len(alive):
+                select.select(watched, [], [], min(remaining, 0.5))
+            else:
+                time.sleep(0.005)
+    finally:
+        for fd in exits.values():
+            os.close(fd)
+
+
+def _exit_watch(started: dict[int, int]) -> dict[int, int]:
+    """pid -> a pidfd that becomes readable when that process (still the one started at the recorded
+    time) exits; empty where the kernel has no pidfds."""
+    if not hasattr(os, "pidfd_open"):
+        return {}
+    fds: dict[int, int] = {}
+    for pid, start in started.items():
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already, or no pidfds here
+        st = _proc_stat(pid)
+        if st is None or st[3] != start:  # the pid was reused meanwhile
+            os.close(fd)
+            continue
+        fds[pid] = fd
+    return fds
 
 
 def _reap(pid: int) -> None:
@@ -259,6 +294,23 @@ def _sandboxed_agent(sandbox_pid: int) -> tuple[int, int] | None:
             if st is not None and line and _cmdline(pid) == line:
                 return pid, st[3]
     return None
+
+
+def _recorded(settings: Mapping[str, Any], pid_key: str, start_key: str) -> int | None:
+    """The pid recorded under `pid_key` if that process is still alive (same start time)."""
+    pid, start = settings.get(pid_key), settings.get(start_key)
+    if pid and start is not None and _alive(int(pid), int(start)):
+        return int(pid)
+    return None
+
+
+def _init_of(agent: int) -> int | None:
+    """The sandbox init above a live agent: its parent, which it is a fork of (same command line)."""
+    st = _proc_stat(agent)
+    line = _cmdline(agent)
+    if st is None or not line or st[1] <= 1:
+        return None
+    return st[1] if _cmdline(st[1]) == line else None
 
 
 # ------------------------------------------------------------------------------------- backend
@@ -454,11 +506,12 @@ class LocalBackend(Backend):
         with self._locked(ddir):
             self._stop_agent(ddir)
 
-    def _start_agent(self, ddir: Path) -> None:
+    def _start_agent(self, ddir: Path, *, strays_stopped: bool = False) -> None:
         """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
 
         Records the sandbox as soon as it exists (a crash must not leave it unknown), then the agent's
-        own pid: the domain runs while the agent does.
+        own pid: the domain runs while the agent does. `strays_stopped`: the caller has just killed
+        the domain's unrecorded processes under the same lock.
 
         The backend binds the agent's port and listens on it itself, then hands the socket to the
         sandbox: no other process can take the port in between, and the first request for the agent's
@@ -470,7 +523,8 @@ class LocalBackend(Backend):
         problem = sandbox.isolation_problem()
         if problem is not None:
             raise OperationFailed(problem, host=self.host, domain=ddir.name)
-        self._stop_strays(ddir)
+        if not strays_stopped:
+            self._stop_strays(ddir)
         settings = self._read_settings(ddir)
         token_file = ddir / "agent.token"
         if not (ddir / "disk").exists():
@@ -586,15 +640,24 @@ class LocalBackend(Backend):
     def _kill_domain(self, ddir: Path) -> dict[str, Any]:
         """Kill every process of the domain, writing nothing; returns its settings.
 
-        The sandbox and the agent as recorded, each with everything below it, then any stray."""
+        The recorded agent (stopped first: it cannot start anything more), its sandbox's init and the
+        sandbox's `unshare`: killing the init makes the kernel kill everything else in the namespace,
+        and the init is gone only once the namespace is empty, so nothing needs listing. A sandbox
+        whose agent is not known (killed while booting) goes with everything below it. Then strays."""
         settings = self._read_settings(ddir)
+        sandbox_pid = _recorded(settings, "sandbox_pid", "sandbox_start")
+        agent = _recorded(settings, "pid", "start_time")
+        init = None
         victims: list[int] = []
-        for pid_key, start_key in (("sandbox_pid", "sandbox_start"), ("pid", "start_time")):
-            pid, start = settings.get(pid_key), settings.get(start_key)
-            if pid and int(pid) not in victims and start is not None and _alive(int(pid), int(start)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGSTOP)  # it cannot start anything we would miss
-                victims += [int(pid), *_descendants(int(pid))]
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent, signal.SIGSTOP)
+            init = _init_of(agent)
+            victims += [agent] if init is None else [agent, init]
+        if sandbox_pid is not None and sandbox_pid not in victims:
+            victims.append(sandbox_pid)
+            if init is None:
+                victims += _descendants(sandbox_pid)
         if victims:
             self._kill_all(ddir, victims)
         self._stop_strays(ddir)
@@ -701,7 +764,7 @@ class LocalBackend(Backend):
                 self._discard_then_copy(ddir, source, snapshot)
             elif old is not None and _free_bytes(ddir) < LOW_SPACE:
                 remove_tree(old)
-            self._start_agent(ddir)
+            self._start_agent(ddir, strays_stopped=True)
         if old is not None:
             self._later(remove_tree, old)
         if self.spare_copies:
