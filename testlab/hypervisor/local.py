@@ -313,6 +313,46 @@ def _init_of(agent: int) -> int | None:
     return st[1] if _cmdline(st[1]) == line else None
 
 
+class _Sandbox:
+    """A started sandbox: its `unshare` process and that process's start time, the agent's port, and for
+    a spare boot the pipe end whose first byte lets the agent start (closing it ends the spare)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], start: int | None, port: int, go_fd: int) -> None:
+        self.proc = proc
+        self.start = start
+        self.port = port
+        self._go = go_fd
+
+    def go(self) -> None:
+        """Let a spare start its agent (nothing for a sandbox started as it was needed)."""
+        if self._go >= 0:
+            with contextlib.suppress(OSError):  # a spare that died: the wait for its agent says so
+                os.write(self._go, b"g")
+            os.close(self._go)
+            self._go = -1
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.start is not None and _alive(self.proc.pid, self.start)
+
+    def holds(self, pid: int) -> bool:
+        """Whether `pid` is this sandbox's `unshare` or its init."""
+        if pid == self.proc.pid:
+            return True
+        st = _proc_stat(pid)
+        return st is not None and st[1] == self.proc.pid
+
+    def discard(self) -> None:
+        """End a spare that will not be used: closing its pipe tells it to exit; it is killed all the
+        same and waited for, so that it is gone when the caller returns."""
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+        if self.alive():
+            _kill_and_wait([self.proc.pid, *_descendants(self.proc.pid)])
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.wait(timeout=0)
+
+
 # ------------------------------------------------------------------------------------- backend
 
 
@@ -320,12 +360,13 @@ class LocalBackend(Backend):
     """Domains as directories under one base directory; see the module docstring for the layout.
 
     Options: `agent_script` (path of the agent server, default testlab's own), `spare_copies` (bool,
-    default True: prepare the next revert's copy in the background), `boot_timeout` (seconds to wait
-    for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
+    default True: prepare the next revert's copy in the background), `spare_boots` (bool, default
+    True: start the next boot's sandbox, its agent loaded, in the background), `boot_timeout` (seconds
+    to wait for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
     """
 
     kind = "local"
-    option_names = frozenset({"agent_script", "spare_copies", "boot_timeout"})
+    option_names = frozenset({"agent_script", "spare_copies", "spare_boots", "boot_timeout"})
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(host, uri, options)
@@ -335,6 +376,8 @@ class LocalBackend(Backend):
             raise ValueError(f"local backend of host {host!r}: option agent_script must be a path")
         self.agent_script = Path(script)
         self.spare_copies = self.bool_option("spare_copies", True)
+        self.spare_boots = self.bool_option("spare_boots", True)
+        self._spare_boots: dict[Path, _Sandbox] = {}  # domain dir -> its next sandbox, loaded and waiting
         self.boot_timeout = self.seconds_option("boot_timeout", self.options.get("boot_timeout", 15.0))
         self.copy_method = ""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
@@ -500,11 +543,13 @@ class LocalBackend(Backend):
         with self._locked(ddir):
             if self.state(domain) != DomainState.RUNNING:
                 self._start_agent(ddir)
+        self._prepare_boot_later(ddir)
 
     def power_off(self, domain: str) -> None:
         ddir = self._existing(domain)
         with self._locked(ddir):
             self._stop_agent(ddir)
+            self._discard_spare_boot(ddir)
 
     def _start_agent(self, ddir: Path, *, strays_stopped: bool = False) -> None:
         """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
@@ -513,9 +558,9 @@ class LocalBackend(Backend):
         own pid: the domain runs while the agent does. `strays_stopped`: the caller has just killed
         the domain's unrecorded processes under the same lock.
 
-        The backend binds the agent's port and listens on it itself, then hands the socket to the
-        sandbox: no other process can take the port in between, and the first request for the agent's
-        boot id waits in the socket's queue until the agent serves it, so nobody polls."""
+        The sandbox is this backend's spare boot of the domain when it has a live one (started after
+        the last boot, its agent loaded: `spare_boots`), else a new one. A spare that fails is
+        dropped and a new sandbox started: a spare never makes a boot fail that a new one passes."""
         if not self.agent_script.is_file():
             raise OperationFailed(
                 f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
@@ -525,8 +570,6 @@ class LocalBackend(Backend):
             raise OperationFailed(problem, host=self.host, domain=ddir.name)
         if not strays_stopped:
             self._stop_strays(ddir)
-        settings = self._read_settings(ddir)
-        token_file = ddir / "agent.token"
         if not (ddir / "disk").exists():
             interrupted = [p.name[len(_DISCARDED_PREFIX) :] for p in ddir.glob(f"{_DISCARDED_PREFIX}*")]
             if interrupted:
@@ -537,43 +580,75 @@ class LocalBackend(Backend):
                     domain=ddir.name,
                 )
             (ddir / "disk").mkdir()
-        with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
-            port = listener.getsockname()[1]
-            argv = sandbox.isolated_argv(
-                self.agent_script,
-                [
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--token-file",
-                    str(token_file),
-                    "--workdir",
-                    str(ddir / "disk"),
-                ],
-                socket_fd=listener.fileno(),
-            )
-            with open(ddir / "agent.log", "ab") as logf:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(listener.fileno(),),
-                    cwd=ddir,
+        spare = self._take_spare_boot(ddir)
+        if spare is not None:
+            try:
+                self._boot(ddir, spare)
+                return
+            except OperationFailed as exc:
+                log.warning("the spare boot of %s failed (%s): booting a new sandbox", ddir.name, exc)
+        self._boot(ddir, self._launch(ddir, spare=False))
+
+    def _launch(self, ddir: Path, *, spare: bool) -> _Sandbox:
+        """Start a sandbox running the agent (a spare: loaded, waiting for its go).
+
+        The backend binds the agent's port and listens on it itself, then hands the socket to the
+        sandbox: no other process can take the port in between, and the first request for the agent's
+        boot id waits in the socket's queue until the agent serves it, so nobody polls."""
+        go_read, go = os.pipe() if spare else (-1, -1)
+        try:
+            with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
+                port = listener.getsockname()[1]
+                argv = sandbox.isolated_argv(
+                    self.agent_script,
+                    [
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--token-file",
+                        str(ddir / "agent.token"),
+                        "--workdir",
+                        str(ddir / "disk"),
+                    ],
+                    socket_fd=listener.fileno(),
+                    go_fd=go_read if spare else None,
                 )
+                with open(ddir / "agent.log", "ab") as logf:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(listener.fileno(), go_read) if spare else (listener.fileno(),),
+                        cwd=ddir,
+                    )
+        except BaseException:
+            if spare:
+                os.close(go)
+            raise
+        finally:
+            if spare:
+                os.close(go_read)
         stat = _proc_stat(proc.pid)
+        return _Sandbox(proc, stat[3] if stat else None, port, go)
+
+    def _boot(self, ddir: Path, box: _Sandbox) -> None:
+        """Record the sandbox, let it start its agent, wait for the agent's answer and record it; or
+        kill it all and raise OperationFailed."""
+        settings = self._read_settings(ddir)
         for key in ("pid", "start_time", "boot_id"):
             settings.pop(key, None)
         settings.update(
-            port=port,
-            sandbox_pid=proc.pid,
-            sandbox_start=stat[3] if stat else None,
+            port=box.port,
+            sandbox_pid=box.proc.pid,
+            sandbox_start=box.start,
             boots=int(settings.get("boots", 0)) + 1,
         )
         self._record_or_kill(ddir, settings)
-        boot_id, error = self._wait_for_agent(proc, port, settings["token"])
-        agent = _sandboxed_agent(proc.pid) if boot_id else None
+        box.go()
+        boot_id, error = self._wait_for_agent(box.proc, box.port, settings["token"])
+        agent = _sandboxed_agent(box.proc.pid) if boot_id else None
         if agent is not None:
             settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
             self._record_or_kill(ddir, settings)
@@ -586,6 +661,42 @@ class LocalBackend(Backend):
             host=self.host,
             domain=ddir.name,
         )
+
+    # ---- spare boots
+
+    def _prepare_boot_later(self, ddir: Path) -> None:
+        if self.spare_boots:
+            self._later(self._prepare_spare_boot, ddir)
+
+    def _prepare_spare_boot(self, ddir: Path) -> None:
+        """Start the domain's next sandbox now, so that its next boot (a revert) only lets it go.
+
+        Only for a running domain, one at a time. The spare holds nothing of any task: its agent is not
+        started and its disk not opened before the boot that takes it."""
+        try:
+            with self._locked(ddir):
+                spare = self._spare_boots.get(ddir)
+                if spare is not None and spare.alive():
+                    return
+                self._discard_spare_boot(ddir)
+                if self.state(ddir.name) != DomainState.RUNNING or sandbox.isolation_problem() is not None:
+                    return
+                self._spare_boots[ddir] = self._launch(ddir, spare=True)
+        except (OSError, OperationFailed) as exc:
+            log.warning("no spare boot for %s: %s", ddir.name, exc)
+
+    def _take_spare_boot(self, ddir: Path) -> _Sandbox | None:
+        """This backend's live spare boot of the domain, taken out of the spares; None if there is none."""
+        spare = self._spare_boots.pop(ddir, None)
+        if spare is not None and not spare.alive():
+            spare.discard()
+            return None
+        return spare
+
+    def _discard_spare_boot(self, ddir: Path) -> None:
+        spare = self._spare_boots.pop(ddir, None)
+        if spare is not None:
+            spare.discard()
 
     def _record_or_kill(self, ddir: Path, settings: Mapping[str, Any]) -> None:
         """Record a started agent; one that cannot be recorded is killed at once, not left running."""
@@ -664,8 +775,12 @@ class LocalBackend(Backend):
         return settings
 
     def _stop_strays(self, ddir: Path) -> None:
-        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way)."""
+        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way, or
+        they are another process's spare boot), sparing this backend's own spare."""
         strays = _processes_using(str(ddir / "agent.token"))
+        spare = self._spare_boots.get(ddir)
+        if spare is not None and strays:
+            strays = [pid for pid in strays if not spare.holds(pid)]
         if strays:
             log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
             self._kill_all(ddir, [p for pid in strays for p in (pid, *_descendants(pid))])
@@ -765,6 +880,7 @@ class LocalBackend(Backend):
             elif old is not None and _free_bytes(ddir) < LOW_SPACE:
                 remove_tree(old)
             self._start_agent(ddir, strays_stopped=True)
+        self._prepare_boot_later(ddir)
         if old is not None:
             self._later(remove_tree, old)
         if self.spare_copies:
@@ -881,6 +997,8 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.wait_idle()
+        for ddir in list(self._spare_boots):
+            self._discard_spare_boot(ddir)
 
 
 # Copies being written by this process; recovery must not delete them under the writer's feet.
