@@ -335,11 +335,16 @@ class _Sandbox:
         return self.proc.poll() is None and self.start is not None and _alive(self.proc.pid, self.start)
 
     def holds(self, pid: int) -> bool:
-        """Whether `pid` is this sandbox's `unshare` or its init."""
-        if pid == self.proc.pid:
-            return True
-        st = _proc_stat(pid)
-        return st is not None and st[1] == self.proc.pid
+        """Whether `pid` is this sandbox's `unshare`, its init or the init's child (a spare's waiting
+        agent): the processes that name the domain on their command line."""
+        for _level in range(3):
+            if pid == self.proc.pid:
+                return True
+            st = _proc_stat(pid)
+            if st is None:
+                return False
+            pid = st[1]
+        return False
 
     def discard(self) -> None:
         """End a spare that will not be used: closing its pipe tells it to exit; it is killed all the

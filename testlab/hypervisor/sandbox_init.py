@@ -14,11 +14,13 @@ bound and listening in the backend, is handed to the agent (as socket activation
 backend's first request is queued on it at once and answered as soon as the agent serves, so nobody
 polls for the agent to come up.
 
-With `--go-fd M` the sandbox is a spare, started ahead of the boot that will use it: the init loads the
-agent's bytecode and imports the modules the agent's top level imports (not the agent itself: its code
-runs once, in the agent), then waits for one byte on fd M and only then starts the agent; if fd M is
-closed instead (the backend that holds its other end is gone, or wants no spare) it exits. What is left
-for the boot is the agent's own set-up. Standard library only, like the agent.
+With `--go-fd M` the sandbox is a spare, started ahead of the boot that will use it: the agent's process
+loads the agent's bytecode and imports the modules the agent's top level imports (not the agent itself:
+its code runs once, after the go), then waits for one byte on fd M and only then runs the agent; if fd
+M is closed instead (the backend that holds its other end is gone, or wants no spare) it exits, and the
+sandbox with it. What is left for the boot is the agent's own set-up. The loading happens after the
+fork, so the agent's memory is its own: the init stays small, and the agent copies no page on write.
+Standard library only, like the agent.
 
 Usage: python3 -S sandbox_init.py [--socket-fd N] [--go-fd M] AGENT_SCRIPT [AGENT ARGUMENTS...]
 """
@@ -138,16 +140,17 @@ def main() -> int:
         sys.stderr.write("usage: sandbox_init.py [--socket-fd N] [--go-fd M] AGENT_SCRIPT [ARGS...]\n")
         return 2
     socket_fd, go_fd = fds.get("--socket-fd"), fds.get("--go-fd")
-    code = None
-    if go_fd is not None:
-        code = _preload(argv[0])
-        if not _wait_for_go(go_fd):
-            return 0
     agent = os.fork()
     if agent == 0:
+        code = None
+        if go_fd is not None:  # loaded in the agent's own memory: nothing to copy on write after the go
+            code = _preload(argv[0])
+            if not _wait_for_go(go_fd):
+                os._exit(0)
         run_agent(argv[0], argv[1:], socket_fd, code)
-    if socket_fd is not None:
-        os.close(socket_fd)  # the agent's alone: when it dies, waiting clients see the socket close
+    for fd in (socket_fd, go_fd):  # the agent's alone: when it dies, waiting clients see its socket close
+        if fd is not None:
+            os.close(fd)
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

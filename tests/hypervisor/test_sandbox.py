@@ -8,6 +8,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,8 +189,9 @@ def sandboxes(backend: LocalBackend, domain: str) -> list[int]:
                 continue
             st = _proc_stat(int(entry.name))
             if token in args and args[0].endswith(b"unshare") and st is not None and st[0] != "Z":
-                found.append(int(entry.name))
-    return sorted(found)
+                found.append((int(entry.name), st[1]))
+    pids = {pid for pid, _ in found}
+    return sorted(pid for pid, parent in found if parent not in pids)  # not a child yet to exec its init
 
 
 def agent_boot(backend: Backend, domain: str) -> str:
@@ -214,8 +216,16 @@ def test_the_next_boot_is_started_ahead_and_runs_nothing_until_the_revert(
     local_backend.power_on("d1")
     first = agent_boot(local_backend, "d1")
     spare = spare_boot(local_backend, "d1")
-    waiting = _descendants(spare)
-    assert len(waiting) == 1, "a spare is its init alone: no agent, no command before its boot"
+    time.sleep(1)  # loaded and waiting
+    init_and_agent = _descendants(spare)
+    assert len(init_and_agent) == 2, "a spare runs no command before its boot"
+    args = (Path("/proc") / str(init_and_agent[-1]) / "cmdline").read_bytes().split(b"\0")
+    port = int(args[args.index(b"--listen") + 1].rsplit(b":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.settimeout(0.5)
+        connection.sendall(b"GET /v1/info HTTP/1.0\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            connection.recv(1)  # queued: its agent does not serve before the boot that takes it
     local_backend.revert("d1", "clean")
     assert recorded_sandbox(local_backend, "d1") == spare
     assert agent_boot(local_backend, "d1") != first
