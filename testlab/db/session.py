@@ -11,6 +11,9 @@
   nothing and raises; `run_transaction` runs the whole unit of work again on fresh data.
 - **Files follow the commit.** `after_commit` registers file changes that must only happen once the
   rows describing them are committed; a rolled-back transaction drops them.
+- **Writers wake the engine.** A transaction that wrote anything announces itself once it is
+  committed and its file changes are done (testlab/db/wakeup.py), so the engine acts at once instead
+  of learning of it by polling.
 
 SQLite runs in WAL mode with a busy timeout so the engine and any number of CLI commands can share the file.
 Every command checks that the schema is at the migrations' head before touching data.
@@ -30,6 +33,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
+
+from testlab.db import wakeup
 
 log = logging.getLogger("testlab.db")
 
@@ -80,6 +85,8 @@ def get_engine(url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engin
         engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
         event.listen(engine, "connect", _sqlite_connect(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _track_writes)
+        event.listen(engine, "after_cursor_execute", _wrote)
     else:
         engine = create_engine(
             url,
@@ -94,6 +101,8 @@ def get_engine(url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engin
                 "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
             },
         )
+        event.listen(engine, "begin", _track_writes)
+        event.listen(engine, "after_cursor_execute", _wrote)
     return engine
 
 
@@ -146,6 +155,37 @@ def _drop_after_commit(session: Session, previous_transaction: Any) -> None:
             log.warning("after the rollback: %s: %s", type(error).__name__, error)
 
 
+def _track_writes(connection: Any) -> None:
+    """Note on the connection whether its transaction wrote anything (checked before the commit)."""
+    connection.info["wrote"] = False
+
+
+def _wrote(
+    connection: Any, _cursor: Any, _statement: Any, _parameters: Any, context: Any, _many: bool
+) -> None:
+    if context is not None and (context.isinsert or context.isupdate or context.isdelete):
+        connection.info["wrote"] = True
+
+
+def _wrote_anything(session: Session) -> bool:
+    """Whether the session's transaction wrote anything, its pending changes flushed first."""
+    if not session.in_transaction():
+        return False
+    session.flush()
+    return bool(session.connection().info.get("wrote"))
+
+
+def _announce(url: str, session: Session) -> None:
+    """Wake the engine (testlab/db/wakeup.py): the transaction wrote and is committed."""
+    actor = session.info.get("actor")
+    if not wakeup.announces(actor):
+        return
+    if is_sqlite(url):
+        wakeup.poke(url, actor)
+    else:
+        wakeup.notify(get_engine(url), actor)
+
+
 @contextmanager
 def session_scope(
     url: str,
@@ -156,18 +196,22 @@ def session_scope(
 ) -> Iterator[Session]:
     """One transaction: committed on success, rolled back on any error (no partial writes).
 
-    `actor` is recorded with every event the transaction writes (who changed what)."""
+    `actor` is recorded with every event the transaction writes (who changed what). Once committed,
+    a transaction that wrote anything wakes the engine."""
     session = _sessions(url, readonly, busy_timeout_ms)()
     if actor is not None:
         session.info["actor"] = actor
     try:
         yield session
+        wrote = not readonly and _wrote_anything(session)
         session.commit()
     except BaseException:
         session.rollback()
         raise
     finally:
         session.close()
+    if wrote:
+        _announce(url, session)
 
 
 def run_transaction(

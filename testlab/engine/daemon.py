@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from testlab.config import Settings
+from testlab.db import wakeup
 from testlab.db.models import utcnow
 from testlab.db.session import SchemaOutOfDate, check_schema
 from testlab.engine import reading
@@ -239,18 +240,23 @@ class Engine:
                 await asyncio.sleep(5)
 
     async def _watch_events(self) -> None:
-        """The event history is the change feed: any new event (a job submitted, a VM set by an
-        administrator, an operation's outcome) triggers a new planning round."""
-        while True:
-            try:
-                last = await self.db.read(reading.last_event_id)
-            except Exception:  # noqa: BLE001 - the round itself notices and reports an outage
-                last = self._last_event
-            if last != self._last_event:
-                self._last_event = last
-                self._wake.set()
-                self.notifier.wake.set()
-            await asyncio.sleep(self.options.poll_interval)
+        """Another writer's commit (a job submitted, a VM set by an administrator) wakes the engine at
+        once (testlab/db/wakeup.py); its own writes do not (it knows). The event history, the change
+        feed, is also polled every `poll_interval` for what a lost wake-up did not tell."""
+        async with wakeup.listen(self.settings.database_url, silent_actor=self.db.actor) as wakeups:
+            while True:
+                if await wakeups.wait(self.options.poll_interval):
+                    self._wake.set()
+                    self.notifier.wake.set()
+                    continue
+                try:
+                    last = await self.db.read(reading.last_event_id)
+                except Exception:  # noqa: BLE001 - the round itself notices and reports an outage
+                    last = self._last_event
+                if last != self._last_event:
+                    self._last_event = last
+                    self._wake.set()
+                    self.notifier.wake.set()
 
     # ------------------------------------------------------------------ one round
 

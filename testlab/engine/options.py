@@ -25,7 +25,7 @@ class EngineOptions:
     monitor_interval: float = 60.0  # first re-checks of an offline VM
     monitor_backoff: float = 1800.0  # re-checks after repeated failures
     monitor_timeout: float = 360.0
-    poll_interval: float = 0.05  # how often the event history is polled for changes
+    poll_interval: float = 1.0  # how often the event history is polled: writers' wake-ups are lost at times
     tick: float = 1.0  # re-plan at least this often (deadlines, monitor)
     lease_ttl: float = 15.0  # an engine that stops renewing its lease for this long is presumed dead
     round_backoff_cap: float = 30.0  # longest wait before retrying after a planning round failed

@@ -30,19 +30,19 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import http.client
 import json
 import logging
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,17 +151,28 @@ def copy_tree(src: Path, dst: Path, timeout: float = DEFAULT_TIMEOUTS["revert"])
 # ----------------------------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, pgid, start time in clock ticks) from /proc, None if the pid does not exist."""
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """A /proc file of a process, None if the process is gone (os.read: a scan of /proc is on the
+    revert's critical path, and buffered file objects cost twice as much)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
+    try:
+        return os.read(fd, 1 << 17)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgid, start time in clock ticks) from /proc, None if the pid does not exist."""
+    raw = _read_proc(pid, "stat")
+    if not raw:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[2]), int(fields[19])
 
 
 def _alive(pid: int, start_time: int) -> bool:
@@ -198,26 +209,19 @@ def _processes_using(path: str) -> list[int]:
     """Processes whose command line mentions `path`: sandboxes whose record was lost in a crash, copies
     of a killed process."""
     needle = os.fsencode(path)
+    me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) == me:
             continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in args:
+        line = _read_proc(int(entry), "cmdline")
+        if line and needle in line and needle in line.split(b"\0"):
             found.append(int(entry))
     return found
 
 
 def _cmdline(pid: int) -> bytes | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return _read_proc(pid, "cmdline")
 
 
 def _kill_tree(pids: list[int]) -> None:
@@ -231,17 +235,47 @@ def _kill_and_wait(pids: list[int], timeout: float = 10.0) -> list[int]:
     """SIGKILL the processes (and their groups) and wait until they are gone; returns survivors.
 
     Killing a sandbox's init makes the kernel kill the rest of its namespace, and the init is gone only
-    once the namespace is empty."""
+    once the namespace is empty. The wait is woken by the processes' exits (pidfds) where the kernel
+    has them, and polls every 5 ms where it does not."""
     started = {pid: st[3] for pid in pids if (st := _proc_stat(pid)) is not None}
     _kill_tree(list(started))
+    exits = _exit_watch(started)
     deadline = time.monotonic() + timeout
-    while True:
-        for pid in started:
-            _reap(pid)
-        alive = [pid for pid, start in started.items() if _alive(pid, start)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.005)
+    try:
+        while True:
+            for pid in started:
+                _reap(pid)
+            alive = [pid for pid, start in started.items() if _alive(pid, start)]
+            remaining = deadline - time.monotonic()
+            if not alive or remaining <= 0:
+                return alive
+            watched = [exits[pid] for pid in alive if pid in exits]
+            if len(watched) == len(alive):
+                select.select(watched, [], [], min(remaining, 0.5))
+            else:
+                time.sleep(0.005)
+    finally:
+        for fd in exits.values():
+            os.close(fd)
+
+
+def _exit_watch(started: dict[int, int]) -> dict[int, int]:
+    """pid -> a pidfd that becomes readable when that process (still the one started at the recorded
+    time) exits; empty where the kernel has no pidfds."""
+    if not hasattr(os, "pidfd_open"):
+        return {}
+    fds: dict[int, int] = {}
+    for pid, start in started.items():
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already, or no pidfds here
+        st = _proc_stat(pid)
+        if st is None or st[3] != start:  # the pid was reused meanwhile
+            os.close(fd)
+            continue
+        fds[pid] = fd
+    return fds
 
 
 def _reap(pid: int) -> None:
@@ -262,10 +296,66 @@ def _sandboxed_agent(sandbox_pid: int) -> tuple[int, int] | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _recorded(settings: Mapping[str, Any], pid_key: str, start_key: str) -> int | None:
+    """The pid recorded under `pid_key` if that process is still alive (same start time)."""
+    pid, start = settings.get(pid_key), settings.get(start_key)
+    if pid and start is not None and _alive(int(pid), int(start)):
+        return int(pid)
+    return None
+
+
+def _init_of(agent: int) -> int | None:
+    """The sandbox init above a live agent: its parent, which it is a fork of (same command line)."""
+    st = _proc_stat(agent)
+    line = _cmdline(agent)
+    if st is None or not line or st[1] <= 1:
+        return None
+    return st[1] if _cmdline(st[1]) == line else None
+
+
+class _Sandbox:
+    """A started sandbox: its `unshare` process and that process's start time, the agent's port, and for
+    a spare boot the pipe end whose first byte lets the agent start (closing it ends the spare)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], start: int | None, port: int, go_fd: int) -> None:
+        self.proc = proc
+        self.start = start
+        self.port = port
+        self._go = go_fd
+
+    def go(self) -> None:
+        """Let a spare start its agent (nothing for a sandbox started as it was needed)."""
+        if self._go >= 0:
+            with contextlib.suppress(OSError):  # a spare that died: the wait for its agent says so
+                os.write(self._go, b"g")
+            os.close(self._go)
+            self._go = -1
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.start is not None and _alive(self.proc.pid, self.start)
+
+    def holds(self, pid: int) -> bool:
+        """Whether `pid` is this sandbox's `unshare`, its init or the init's child (a spare's waiting
+        agent): the processes that name the domain on their command line."""
+        for _level in range(3):
+            if pid == self.proc.pid:
+                return True
+            st = _proc_stat(pid)
+            if st is None:
+                return False
+            pid = st[1]
+        return False
+
+    def discard(self) -> None:
+        """End a spare that will not be used: closing its pipe tells it to exit; it is killed all the
+        same and waited for, so that it is gone when the caller returns."""
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+        if self.alive():
+            _kill_and_wait([self.proc.pid, *_descendants(self.proc.pid)])
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.wait(timeout=0)
 
 
 # ------------------------------------------------------------------------------------- backend
@@ -275,12 +365,13 @@ class LocalBackend(Backend):
     """Domains as directories under one base directory; see the module docstring for the layout.
 
     Options: `agent_script` (path of the agent server, default testlab's own), `spare_copies` (bool,
-    default True: prepare the next revert's copy in the background), `boot_timeout` (seconds to wait
-    for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
+    default True: prepare the next revert's copy in the background), `spare_boots` (bool, default
+    True: start the next boot's sandbox, its agent loaded, in the background), `boot_timeout` (seconds
+    to wait for the agent to answer, default 15), and those of every backend (`commands`, `timeouts`).
     """
 
     kind = "local"
-    option_names = frozenset({"agent_script", "spare_copies", "boot_timeout"})
+    option_names = frozenset({"agent_script", "spare_copies", "spare_boots", "boot_timeout"})
 
     def __init__(self, host: str, uri: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(host, uri, options)
@@ -290,6 +381,8 @@ class LocalBackend(Backend):
             raise ValueError(f"local backend of host {host!r}: option agent_script must be a path")
         self.agent_script = Path(script)
         self.spare_copies = self.bool_option("spare_copies", True)
+        self.spare_boots = self.bool_option("spare_boots", True)
+        self._spare_boots: dict[Path, _Sandbox] = {}  # domain dir -> its next sandbox, loaded and waiting
         self.boot_timeout = self.seconds_option("boot_timeout", self.options.get("boot_timeout", 15.0))
         self.copy_method = ""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
@@ -455,17 +548,24 @@ class LocalBackend(Backend):
         with self._locked(ddir):
             if self.state(domain) != DomainState.RUNNING:
                 self._start_agent(ddir)
+        self._prepare_boot_later(ddir)
 
     def power_off(self, domain: str) -> None:
         ddir = self._existing(domain)
         with self._locked(ddir):
             self._stop_agent(ddir)
+            self._discard_spare_boot(ddir)
 
-    def _start_agent(self, ddir: Path) -> None:
+    def _start_agent(self, ddir: Path, *, strays_stopped: bool = False) -> None:
         """Start the agent as the only process of a new sandbox (sandbox.py) and wait until it answers.
 
         Records the sandbox as soon as it exists (a crash must not leave it unknown), then the agent's
-        own pid: the domain runs while the agent does."""
+        own pid: the domain runs while the agent does. `strays_stopped`: the caller has just killed
+        the domain's unrecorded processes under the same lock.
+
+        The sandbox is this backend's spare boot of the domain when it has a live one (started after
+        the last boot, its agent loaded: `spare_boots`), else a new one. A spare that fails is
+        dropped and a new sandbox started: a spare never makes a boot fail that a new one passes."""
         if not self.agent_script.is_file():
             raise OperationFailed(
                 f"agent server {self.agent_script} not found", host=self.host, domain=ddir.name
@@ -473,9 +573,8 @@ class LocalBackend(Backend):
         problem = sandbox.isolation_problem()
         if problem is not None:
             raise OperationFailed(problem, host=self.host, domain=ddir.name)
-        self._stop_strays(ddir)
-        settings = self._read_settings(ddir)
-        token_file = ddir / "agent.token"
+        if not strays_stopped:
+            self._stop_strays(ddir)
         if not (ddir / "disk").exists():
             interrupted = [p.name[len(_DISCARDED_PREFIX) :] for p in ddir.glob(f"{_DISCARDED_PREFIX}*")]
             if interrupted:
@@ -486,54 +585,123 @@ class LocalBackend(Backend):
                     domain=ddir.name,
                 )
             (ddir / "disk").mkdir()
-        last_error = ""
-        for _attempt in range(3):  # another process may grab the free port before the agent binds it
-            port = _free_port()
-            argv = sandbox.isolated_argv(
-                self.agent_script,
-                [
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--token-file",
-                    str(token_file),
-                    "--workdir",
-                    str(ddir / "disk"),
-                ],
-            )
-            with open(ddir / "agent.log", "ab") as logf:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    cwd=ddir,
-                )
-            stat = _proc_stat(proc.pid)
-            for key in ("pid", "start_time", "boot_id"):
-                settings.pop(key, None)
-            settings.update(
-                port=port,
-                sandbox_pid=proc.pid,
-                sandbox_start=stat[3] if stat else None,
-                boots=int(settings.get("boots", 0)) + 1,
-            )
-            self._record_or_kill(ddir, settings)
-            boot_id, last_error = self._wait_for_agent(proc, port, settings["token"])
-            agent = _sandboxed_agent(proc.pid) if boot_id else None
-            if agent is not None:
-                settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
-                self._record_or_kill(ddir, settings)
+        spare = self._take_spare_boot(ddir)
+        if spare is not None:
+            try:
+                self._boot(ddir, spare)
                 return
-            if boot_id:
-                last_error = "the agent answered but is not in its sandbox"
-            self._stop_agent(ddir)
+            except OperationFailed as exc:
+                log.warning("the spare boot of %s failed (%s): booting a new sandbox", ddir.name, exc)
+        self._boot(ddir, self._launch(ddir, spare=False))
+
+    def _launch(self, ddir: Path, *, spare: bool) -> _Sandbox:
+        """Start a sandbox running the agent (a spare: loaded, waiting for its go).
+
+        The backend binds the agent's port and listens on it itself, then hands the socket to the
+        sandbox: no other process can take the port in between, and the first request for the agent's
+        boot id waits in the socket's queue until the agent serves it, so nobody polls."""
+        go_read, go = os.pipe() if spare else (-1, -1)
+        try:
+            with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
+                port = listener.getsockname()[1]
+                argv = sandbox.isolated_argv(
+                    self.agent_script,
+                    [
+                        "--listen",
+                        f"127.0.0.1:{port}",
+                        "--token-file",
+                        str(ddir / "agent.token"),
+                        "--workdir",
+                        str(ddir / "disk"),
+                    ],
+                    socket_fd=listener.fileno(),
+                    go_fd=go_read if spare else None,
+                )
+                with open(ddir / "agent.log", "ab") as logf:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(listener.fileno(), go_read) if spare else (listener.fileno(),),
+                        cwd=ddir,
+                    )
+        except BaseException:
+            if spare:
+                os.close(go)
+            raise
+        finally:
+            if spare:
+                os.close(go_read)
+        stat = _proc_stat(proc.pid)
+        return _Sandbox(proc, stat[3] if stat else None, port, go)
+
+    def _boot(self, ddir: Path, box: _Sandbox) -> None:
+        """Record the sandbox, let it start its agent, wait for the agent's answer and record it; or
+        kill it all and raise OperationFailed."""
+        settings = self._read_settings(ddir)
+        for key in ("pid", "start_time", "boot_id"):
+            settings.pop(key, None)
+        settings.update(
+            port=box.port,
+            sandbox_pid=box.proc.pid,
+            sandbox_start=box.start,
+            boots=int(settings.get("boots", 0)) + 1,
+        )
+        self._record_or_kill(ddir, settings)
+        box.go()
+        boot_id, error = self._wait_for_agent(box.proc, box.port, settings["token"])
+        agent = _sandboxed_agent(box.proc.pid) if boot_id else None
+        if agent is not None:
+            settings.update(boot_id=boot_id, pid=agent[0], start_time=agent[1])
+            self._record_or_kill(ddir, settings)
+            return
+        if boot_id:
+            error = "the agent answered but is not in its sandbox"
+        self._stop_agent(ddir)
         raise OperationFailed(
-            f"agent of {ddir.name!r} did not come up: {last_error} (see {ddir / 'agent.log'})",
+            f"agent of {ddir.name!r} did not come up: {error} (see {ddir / 'agent.log'})",
             host=self.host,
             domain=ddir.name,
         )
+
+    # ---- spare boots
+
+    def _prepare_boot_later(self, ddir: Path) -> None:
+        if self.spare_boots:
+            self._later(self._prepare_spare_boot, ddir)
+
+    def _prepare_spare_boot(self, ddir: Path) -> None:
+        """Start the domain's next sandbox now, so that its next boot (a revert) only lets it go.
+
+        Only for a running domain, one at a time. The spare holds nothing of any task: its agent is not
+        started and its disk not opened before the boot that takes it."""
+        try:
+            with self._locked(ddir):
+                spare = self._spare_boots.get(ddir)
+                if spare is not None and spare.alive():
+                    return
+                self._discard_spare_boot(ddir)
+                if self.state(ddir.name) != DomainState.RUNNING or sandbox.isolation_problem() is not None:
+                    return
+                self._spare_boots[ddir] = self._launch(ddir, spare=True)
+        except (OSError, OperationFailed) as exc:
+            log.warning("no spare boot for %s: %s", ddir.name, exc)
+
+    def _take_spare_boot(self, ddir: Path) -> _Sandbox | None:
+        """This backend's live spare boot of the domain, taken out of the spares; None if there is none."""
+        spare = self._spare_boots.pop(ddir, None)
+        if spare is not None and not spare.alive():
+            spare.discard()
+            return None
+        return spare
+
+    def _discard_spare_boot(self, ddir: Path) -> None:
+        spare = self._spare_boots.pop(ddir, None)
+        if spare is not None:
+            spare.discard()
 
     def _record_or_kill(self, ddir: Path, settings: Mapping[str, Any]) -> None:
         """Record a started agent; one that cannot be recorded is killed at once, not left running."""
@@ -546,24 +714,30 @@ class LocalBackend(Backend):
             ) from exc
 
     def _wait_for_agent(self, proc: subprocess.Popen[bytes], port: int, token: str) -> tuple[str, str]:
-        """Poll GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not)."""
+        """GET /v1/info until it answers: returns (boot_id, "") or ("", why it did not). The request
+        waits in the listening socket's queue until the agent serves it; another is sent only when the
+        agent answered badly or died (its socket closed)."""
         deadline = time.monotonic() + self.boot_timeout
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/info", headers={"Authorization": f"Bearer {token}"}
-        )
         error = "no answer"
-        delay = 0.01
-        while time.monotonic() < deadline:
+        while True:
             if proc.poll() is not None:
                 return "", f"agent exited with status {proc.returncode}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "", f"no answer within {self.boot_timeout:g} s ({error})"
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=remaining)
             try:
-                with urllib.request.urlopen(request, timeout=2) as resp:
-                    return str(json.loads(resp.read()).get("boot_id", "")) or "unknown", ""
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                error = str(exc)
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
-        return "", f"no answer within {self.boot_timeout:g} s ({error})"
+                connection.request("GET", "/v1/info", headers={"Authorization": f"Bearer {token}"})
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    return str(json.loads(body).get("boot_id", "")) or "unknown", ""
+                error = f"HTTP {response.status}"
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error = str(exc) or type(exc).__name__
+            finally:
+                connection.close()
+            time.sleep(0.005)
 
     def _stop_agent(self, ddir: Path) -> None:
         """Kill the domain's processes, then drop their record. A record that cannot be written (a task
@@ -582,23 +756,36 @@ class LocalBackend(Backend):
     def _kill_domain(self, ddir: Path) -> dict[str, Any]:
         """Kill every process of the domain, writing nothing; returns its settings.
 
-        The sandbox and the agent as recorded, each with everything below it, then any stray."""
+        The recorded agent (stopped first: it cannot start anything more), its sandbox's init and the
+        sandbox's `unshare`: killing the init makes the kernel kill everything else in the namespace,
+        and the init is gone only once the namespace is empty, so nothing needs listing. A sandbox
+        whose agent is not known (killed while booting) goes with everything below it. Then strays."""
         settings = self._read_settings(ddir)
+        sandbox_pid = _recorded(settings, "sandbox_pid", "sandbox_start")
+        agent = _recorded(settings, "pid", "start_time")
+        init = None
         victims: list[int] = []
-        for pid_key, start_key in (("sandbox_pid", "sandbox_start"), ("pid", "start_time")):
-            pid, start = settings.get(pid_key), settings.get(start_key)
-            if pid and int(pid) not in victims and start is not None and _alive(int(pid), int(start)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGSTOP)  # it cannot start anything we would miss
-                victims += [int(pid), *_descendants(int(pid))]
+        if agent is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent, signal.SIGSTOP)
+            init = _init_of(agent)
+            victims += [agent] if init is None else [agent, init]
+        if sandbox_pid is not None and sandbox_pid not in victims:
+            victims.append(sandbox_pid)
+            if init is None:
+                victims += _descendants(sandbox_pid)
         if victims:
             self._kill_all(ddir, victims)
         self._stop_strays(ddir)
         return settings
 
     def _stop_strays(self, ddir: Path) -> None:
-        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way)."""
+        """Kill sandboxes of this domain that no record points to (their starter was killed mid-way, or
+        they are another process's spare boot), sparing this backend's own spare."""
         strays = _processes_using(str(ddir / "agent.token"))
+        spare = self._spare_boots.get(ddir)
+        if spare is not None and strays:
+            strays = [pid for pid in strays if not spare.holds(pid)]
         if strays:
             log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
             self._kill_all(ddir, [p for pid in strays for p in (pid, *_descendants(pid))])
@@ -697,7 +884,8 @@ class LocalBackend(Backend):
                 self._discard_then_copy(ddir, source, snapshot)
             elif old is not None and _free_bytes(ddir) < LOW_SPACE:
                 remove_tree(old)
-            self._start_agent(ddir)
+            self._start_agent(ddir, strays_stopped=True)
+        self._prepare_boot_later(ddir)
         if old is not None:
             self._later(remove_tree, old)
         if self.spare_copies:
@@ -814,6 +1002,8 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.wait_idle()
+        for ddir in list(self._spare_boots):
+            self._discard_spare_boot(ddir)
 
 
 # Copies being written by this process; recovery must not delete them under the writer's feet.

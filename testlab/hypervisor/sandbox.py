@@ -45,11 +45,26 @@ def unshare_flags() -> list[str]:
     return flags
 
 
-def isolated_argv(script: str | os.PathLike[str], args: Sequence[str]) -> list[str]:
+def isolated_argv(
+    script: str | os.PathLike[str],
+    args: Sequence[str],
+    socket_fd: int | None = None,
+    go_fd: int | None = None,
+) -> list[str]:
     """The command line running the Python `script` with `args` in a sandbox of its own, under
-    sandbox_init.py as its PID 1. The script's process is the init's only child when it starts."""
+    sandbox_init.py as its PID 1. The script's process is the init's only child when it starts; with
+    `socket_fd`, that inherited listening socket is handed to it (socket activation); with `go_fd`,
+    the sandbox is a spare: loaded, it waits for a byte on that inherited pipe before starting it.
+
+    The interpreter runs without `site` (-S): the init and the agent need the standard library only,
+    and the site-packages' start-up hooks would cost a good part of a sandbox's boot."""
     unshare = shutil.which("unshare") or "unshare"
-    return [unshare, *unshare_flags(), "--", sys.executable, str(INIT_SCRIPT), str(script), *args]
+    init = [sys.executable, "-S", str(INIT_SCRIPT)]
+    if socket_fd is not None:
+        init += ["--socket-fd", str(socket_fd)]
+    if go_fd is not None:
+        init += ["--go-fd", str(go_fd)]
+    return [unshare, *unshare_flags(), "--", *init, str(script), *args]
 
 
 def isolation_problem() -> str | None:

@@ -106,6 +106,19 @@ def test_revert_gives_a_new_boot_and_a_working_agent(local_backend: LocalBackend
     assert local_backend.agent_address("d1") is None
 
 
+def test_a_proxy_in_the_environment_does_not_keep_the_agent_from_answering(
+    local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox's agent listens on 127.0.0.1: the backend asks it directly, whatever proxy the
+    environment names for other traffic (as the engine's agent client does)."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    local_backend.power_on("d1")
+    assert local_backend.state("d1") == DomainState.RUNNING
+
+
 def test_state_is_shared_with_a_second_instance(local_backend: LocalBackend) -> None:
     other = open_backend("local", "localhost", local_backend.uri)
     local_backend.power_on("shared")

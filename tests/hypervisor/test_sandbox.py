@@ -7,6 +7,9 @@ import json
 import os
 import secrets
 import shlex
+import signal
+import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -17,6 +20,8 @@ import pytest
 from testlab.hypervisor import sandbox
 from testlab.hypervisor.base import Backend, DomainState, OperationFailed
 from testlab.hypervisor.local import LocalBackend, _descendants, _proc_stat
+
+from .conftest import make_local, shutdown
 
 #: Three ways out of the command's process group (which dies with the command), each saying it is out,
 #: then writing the secret by path into whatever disk the domain has 3 seconds later.
@@ -167,3 +172,117 @@ def test_without_isolation_a_sandbox_does_not_start(
     assert "\n" not in message
     assert "PID namespaces" in message and "Operation not permitted" in message and "root" in message
     assert local_backend.state("d1") == DomainState.OFF
+
+
+# ------------------------------------------------------------------------------------- spare boots
+
+
+def sandboxes(backend: LocalBackend, domain: str) -> list[int]:
+    """The `unshare` processes of the domain's sandboxes (the running one and any spare)."""
+    token = os.fsencode(backend.root / domain / "agent.token")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            st = _proc_stat(int(entry.name))
+            if token in args and args[0].endswith(b"unshare") and st is not None and st[0] != "Z":
+                found.append((int(entry.name), st[1]))
+    pids = {pid for pid, _ in found}
+    return sorted(pid for pid, parent in found if parent not in pids)  # not a child yet to exec its init
+
+
+def agent_boot(backend: Backend, domain: str) -> str:
+    return json.loads(request(backend, domain, "/v1/info"))["boot_id"]
+
+
+def recorded_sandbox(backend: LocalBackend, domain: str) -> int:
+    return json.loads((backend.root / domain / "agent.json").read_text())["sandbox_pid"]
+
+
+def spare_boot(backend: LocalBackend, domain: str) -> int:
+    """The domain's spare sandbox, once the backend has started it."""
+    backend.wait_idle()
+    spares = [pid for pid in sandboxes(backend, domain) if pid != recorded_sandbox(backend, domain)]
+    assert len(spares) == 1, spares
+    return spares[0]
+
+
+def test_the_next_boot_is_started_ahead_and_runs_nothing_until_the_revert(
+    local_backend: LocalBackend,
+) -> None:
+    local_backend.power_on("d1")
+    first = agent_boot(local_backend, "d1")
+    spare = spare_boot(local_backend, "d1")
+    time.sleep(1)  # loaded and waiting
+    init_and_agent = _descendants(spare)
+    assert len(init_and_agent) == 2, "a spare runs no command before its boot"
+    args = (Path("/proc") / str(init_and_agent[-1]) / "cmdline").read_bytes().split(b"\0")
+    port = int(args[args.index(b"--listen") + 1].rsplit(b":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.settimeout(0.5)
+        connection.sendall(b"GET /v1/info HTTP/1.0\r\n\r\n")
+        with pytest.raises(TimeoutError):
+            connection.recv(1)  # queued: its agent does not serve before the boot that takes it
+    local_backend.revert("d1", "clean")
+    assert recorded_sandbox(local_backend, "d1") == spare
+    assert agent_boot(local_backend, "d1") != first
+    assert spare_boot(local_backend, "d1") != spare  # the next one
+
+
+def test_without_spare_boots_only_the_running_sandbox_exists(tmp_path: Path) -> None:
+    backend = make_local(tmp_path, spare_boots=False)
+    try:
+        backend.power_on("d1")
+        backend.revert("d1", "clean")
+        backend.wait_idle()
+        assert sandboxes(backend, "d1") == [recorded_sandbox(backend, "d1")]
+    finally:
+        shutdown(backend)
+
+
+def test_power_off_ends_the_spare_boot_too(local_backend: LocalBackend) -> None:
+    local_backend.power_on("d1")
+    spare_boot(local_backend, "d1")
+    local_backend.power_off("d1")
+    assert sandboxes(local_backend, "d1") == []
+
+
+def test_a_dead_spare_boot_gives_way_to_a_new_sandbox(local_backend: LocalBackend) -> None:
+    local_backend.power_on("d1")
+    first = agent_boot(local_backend, "d1")
+    spare = spare_boot(local_backend, "d1")
+    os.killpg(spare, signal.SIGKILL)
+    local_backend.revert("d1", "clean")
+    assert recorded_sandbox(local_backend, "d1") != spare
+    assert agent_boot(local_backend, "d1") != first
+
+
+SPARE_OWNER = """
+import sys, time
+from testlab.hypervisor.local import LocalBackend
+backend = LocalBackend("localhost", sys.argv[1], {})
+backend.power_on("d1")
+backend.wait_idle()
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_spare_boot_ends_with_the_process_that_started_it(local_backend: LocalBackend) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SPARE_OWNER, local_backend.uri], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        spare = spare_boot(local_backend, "d1")
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while spare in sandboxes(local_backend, "d1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spare not in sandboxes(local_backend, "d1"), "a spare outlived the backend that owned it"
+    assert local_backend.state("d1") == DomainState.RUNNING  # the running agent outlives it, by design

@@ -1,0 +1,400 @@
+"""Throughput of the whole lab: trivial tasks on local sandbox VMs, the engine a real process.
+
+Run: python bench/bench_throughput.py [--quick] [--rounds N] [--postgres]
+
+For each configuration (1 VM x 50 tasks, 4 VMs x 200 tasks; --quick: 1 x 10, 4 x 40) a fresh lab of
+one host whose limits let every VM revert and run at once, and a fresh `python -m testlab engine`. Each
+VM runs one warm-up task first; then the bench process submits the N jobs (one task each, `true`, on
+the VMs in turn) in one transaction. The window runs from that commit until every VM is reverted and
+idle again, so it holds N tasks and N reverts. Rounds alternate the configurations (a noisy
+neighbour skews both alike) and the medians are printed:
+
+- cycle per task: the window's wall time x VMs / tasks, i.e. what one task costs one VM, revert included;
+- tasks/s: tasks / the window's wall time;
+- engine CPU per task: utime + stime of the engine process (/proc/PID/stat) over the window / tasks;
+- lab CPU per task: every other process of the lab (the sandboxes: their init, agent and commands; the
+  `unshare` and the spare disk copies the engine starts), counted exactly: live ones from /proc at both
+  ends of the window, dead ones from their parents' waited-for CPU (the engine's cutime + cstime) and,
+  for a sandbox whose `unshare` died before it, from this process, a child subreaper that reaps them.
+
+Then, on a 1-VM lab with the VM ready: the engine's CPU while it has nothing to do (% of one core over
+--idle-seconds), and the latency from a job submitted by this process (another process than the
+engine) to its command running, measured from the submission's commit to the moment the command
+itself records that it started.
+
+A pool-targeted variant (N tasks on whichever VM of a pool is free) plugs in as one more job text in
+`Round`: today a step runs once on each VM it names or labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the test harness builds the lab
+
+from testlab.config import Settings
+from testlab.db.models import VM, Event, Task
+from testlab.db.session import session_scope
+from testlab.domain.jobfile import parse_job
+from testlab.services.jobs import submit_job
+from tests.engine.harness import make_lab, power_off_lab
+
+TICK = os.sysconf("SC_CLK_TCK")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+# ------------------------------------------------------------------------------------------ CPU
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 is index 0), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def own_cpu(pid: int) -> float:
+    """Seconds of CPU the process (all its threads) used: utime + stime."""
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
+
+
+def waited_cpu(pid: int) -> float:
+    """Seconds of CPU of the process's children it waited for: cutime + cstime."""
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[13]) + int(fields[14])) / TICK
+
+
+def _parents() -> dict[int, int]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            found[int(entry)] = int(fields[1])
+    return found
+
+
+def _below(roots: set[int], parents: dict[int, int]) -> set[int]:
+    """Every live process below the roots (the roots excluded)."""
+    below: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for pid, parent in parents.items():
+            if pid not in below and (parent in roots or parent in below):
+                below.add(pid)
+                changed = True
+    return below
+
+
+class LabCPU:
+    """CPU of every process of the lab but the engine, dead ones included.
+
+    The sandboxes are started by the engine (`unshare`, then the sandbox's init, then the agent). When a
+    VM is reverted, all of it is killed: a process's CPU then goes to whichever process waits for it —
+    the engine for `unshare` (and for the copies), and for a sandbox's init, whose `unshare` is
+    usually gone by then, the nearest child subreaper: this process. A thread reaps those here and adds
+    up their CPU (and that of everything they reaped)."""
+
+    def __init__(self) -> None:
+        self.reaped = 0.0
+        self.engine_pid = 0
+        self._lock = threading.Lock()
+        self._stop = False
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+        threading.Thread(target=self._reap, daemon=True, name="reaper").start()
+
+    def _reap(self) -> None:
+        while not self._stop:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                time.sleep(0.05)
+                continue
+            if info is None or info.si_pid == self.engine_pid:
+                time.sleep(0.05)  # the engine is its Popen's to wait for
+                continue
+            with contextlib.suppress(ChildProcessError):
+                _, _, usage = os.wait4(info.si_pid, 0)
+                with self._lock:
+                    self.reaped += usage.ru_utime + usage.ru_stime
+
+    def total(self) -> float:
+        """Seconds of CPU used so far by the lab's processes (live and dead) other than the engine."""
+        parents = _parents()
+        live = _below({self.engine_pid, os.getpid()}, parents) - {self.engine_pid}
+        seconds = sum(own_cpu(pid) + waited_cpu(pid) for pid in live)
+        with self._lock:
+            return seconds + self.reaped + waited_cpu(self.engine_pid)
+
+
+# --------------------------------------------------------------------------------------- the lab
+
+
+class Engine:
+    """`python -m testlab engine` as a child process, logging warnings only (as in production)."""
+
+    def __init__(self, settings: Settings, cpu: LabCPU) -> None:
+        env = {**os.environ, "TESTLAB_HOME": str(settings.home), "TESTLAB_DB": settings.database_url}
+        self.log = settings.home / "engine.log"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "testlab", "engine"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        cpu.engine_pid = self.process.pid
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def check(self) -> None:
+        if self.process.poll() is not None:
+            raise SystemExit(f"the engine exited: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _job(name: str, vm: str, run: str) -> str:
+    return f"name: {name}\nsteps:\n  - {{name: s, vms: [{vm}], run: '{run}'}}\n"
+
+
+def submit_all(settings: Settings, directory: Path, jobs: list[tuple[str, str]]) -> list[int]:
+    """Submit the jobs (name, text) in one transaction, as `testlab job submit` would each."""
+    parsed = []
+    for name, text in jobs:
+        (directory / name).mkdir(parents=True)
+        (directory / name / "job.yaml").write_text(text)
+        parsed.append(parse_job(directory / name / "job.yaml"))
+    with session_scope(settings.database_url, actor="bench") as session:
+        return [submit_job(session, settings, job, owner="bench") for job in parsed]
+
+
+def wait_quiet(settings: Settings, engine: Engine, job_ids: list[int], timeout: float = 600) -> None:
+    """Until the jobs ended and every VM is reverted and idle again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        engine.check()
+        with session_scope(settings.database_url, readonly=True) as session:
+            unfinished = session.scalar(
+                select(func.count()).select_from(Task).where(Task.job_id.in_(job_ids), Task.ended.is_(None))
+            )
+            statuses = list(session.scalars(select(VM.status)))
+        if not unfinished and all(s == "idle" for s in statuses):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the lab did not settle: {unfinished} tasks unfinished, VMs {statuses}")
+        time.sleep(0.05)
+
+
+def last_idle(settings: Settings) -> float:
+    """When the last VM became idle (the event history's clock)."""
+    with session_scope(settings.database_url, readonly=True) as session:
+        naive = session.scalar(
+            select(func.max(Event.time)).where(Event.kind == "vm", Event.new_status == "idle")
+        )
+    return naive.replace(tzinfo=UTC).timestamp()
+
+
+@dataclass
+class Lab:
+    root: Path
+    vms: list[str]
+    settings: Settings
+    engine: Engine
+    cpu: LabCPU
+    jobs: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobs = self.root / "jobs"
+
+    @classmethod
+    def start(cls, root: Path, vm_count: int, database_url: str, cpu: LabCPU) -> Lab:
+        settings = Settings(home=root / "home", database_url=database_url)
+        vms = [f"v{i}" for i in range(1, vm_count + 1)]
+        n = vm_count
+        limits = (
+            f"max_active: {n}, max_running: {n}, max_reverting: {n}, "
+            f"max_reverts_while_running: {n}, max_ready_when_idle: {n}"
+        )
+        make_lab(settings, root / "vms", {"h1": vms}, limits=limits)
+        engine = Engine(settings, cpu)
+        lab = cls(root, vms, settings, engine, cpu)
+        warm = submit_all(settings, lab.jobs, [(f"warm-{vm}", _job(f"warm {vm}", vm, "true")) for vm in vms])
+        wait_quiet(settings, engine, warm)
+        time.sleep(0.5)  # the spare disk copies of the warm-up reverts
+        return lab
+
+    def close(self) -> None:
+        self.engine.stop()
+        power_off_lab(self.settings)
+
+
+# ------------------------------------------------------------------------------------- measures
+
+
+@dataclass
+class Round:
+    vms: int
+    tasks: int
+    wall: float
+    engine_cpu: float
+    lab_cpu: float
+
+    @property
+    def cycle_ms(self) -> float:
+        return self.wall * self.vms / self.tasks * 1000
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.tasks / self.wall
+
+    @property
+    def engine_ms(self) -> float:
+        return self.engine_cpu / self.tasks * 1000
+
+    @property
+    def lab_ms(self) -> float:
+        return self.lab_cpu / self.tasks * 1000
+
+
+def throughput(root: Path, vm_count: int, tasks: int, database_url: str, cpu: LabCPU) -> Round:
+    lab = Lab.start(root, vm_count, database_url, cpu)
+    try:
+        jobs = [(f"t{n}", _job(f"t{n}", lab.vms[n % vm_count], "true")) for n in range(tasks)]
+        ids = submit_all(lab.settings, lab.jobs, jobs)
+        engine_before, lab_before = own_cpu(lab.engine.pid), cpu.total()
+        started = time.time()
+        wait_quiet(lab.settings, lab.engine, ids)
+        ended = last_idle(lab.settings)
+        return Round(
+            vm_count,
+            tasks,
+            ended - started,
+            own_cpu(lab.engine.pid) - engine_before,
+            cpu.total() - lab_before,
+        )
+    finally:
+        lab.close()
+
+
+def idle_and_latency(root: Path, database_url: str, cpu: LabCPU, idle_seconds: float, runs: int):
+    """(idle engine CPU as a share of one core, [job committed -> command running, seconds])."""
+    lab = Lab.start(root, 1, database_url, cpu)
+    try:
+        before, started = own_cpu(lab.engine.pid), time.monotonic()
+        time.sleep(idle_seconds)
+        lab.engine.check()
+        idle = (own_cpu(lab.engine.pid) - before) / (time.monotonic() - started)
+        stamps = root / "stamps"
+        stamps.mkdir()
+        latencies = []
+        for n in range(runs):
+            time.sleep(random.uniform(0.1, 0.3))  # not in step with any periodic work of the engine
+            run = f"date +%s.%N > {stamps}/$TESTLAB_TASK"
+            [job_id] = submit_all(lab.settings, lab.jobs, [(f"l{n}", _job(f"l{n}", "v1", run))])
+            committed = time.time()
+            with session_scope(lab.settings.database_url, readonly=True) as session:
+                task_id = session.scalar(select(Task.id).where(Task.job_id == job_id))
+            stamp = stamps / str(task_id)
+            deadline = time.monotonic() + 60
+            while not stamp.exists() or not stamp.read_text().strip():
+                if time.monotonic() > deadline:
+                    raise SystemExit("a submitted job's command did not start within 60 s")
+                time.sleep(0.002)
+            latencies.append(float(stamp.read_text()) - committed)
+            wait_quiet(lab.settings, lab.engine, [job_id])
+        return idle, latencies
+    finally:
+        lab.close()
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def _spread(values: list[float], unit: str, digits: int = 1) -> str:
+    text = f"{statistics.median(values):.{digits}f}{' ' + unit if unit else ''}"
+    if len(values) > 1:
+        text += f" (min {min(values):.{digits}f}, max {max(values):.{digits}f})"
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 VM x 10 and 4 VMs x 40 tasks, 1 round")
+    parser.add_argument("--rounds", type=int, help="rounds of each configuration (default 3, --quick 1)")
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle engine window (default 10)")
+    parser.add_argument("--latency-runs", type=int, default=15, help="submissions timed (default 15)")
+    parser.add_argument("--postgres", action="store_true", help="a throw-away PostgreSQL instead of SQLite")
+    args = parser.parse_args()
+    configs = [(1, 10), (4, 40)] if args.quick else [(1, 50), (4, 200)]
+    rounds = args.rounds or (1 if args.quick else 3)
+    cpu = LabCPU()
+    server = None
+    if args.postgres:
+        from tests.support.postgres import PostgresServer
+
+        server = PostgresServer().start()
+
+    def database(home: Path) -> str:
+        return server.create_database("bench") if server else f"sqlite:///{home / 'home' / 'testlab.db'}"
+
+    base = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    results: dict[tuple[int, int], list[Round]] = {config: [] for config in configs}
+    kind = "PostgreSQL" if server else "SQLite"
+    print(f"local sandbox VMs, one host, {kind}, the engine a separate process; {os.cpu_count()} cores")
+    try:
+        for round_no in range(rounds):
+            for vms, tasks in configs:
+                root = base / f"r{round_no}-{vms}x{tasks}"
+                results[(vms, tasks)].append(throughput(root, vms, tasks, database(root), cpu))
+        for (vms, tasks), runs in results.items():
+            rounds_text = f"{len(runs)} rounds, medians" if len(runs) > 1 else "1 round"
+            print(f"{vms} VM{'s' if vms > 1 else ''} x {tasks} trivial tasks ({rounds_text}):")
+            print(f"  cycle per task (wall x VMs / tasks): {_spread([r.cycle_ms for r in runs], 'ms')}")
+            print(f"  tasks/s:                             {_spread([r.tasks_per_s for r in runs], '')}")
+            print(f"  engine CPU per task:                 {_spread([r.engine_ms for r in runs], 'ms')}")
+            print(f"  lab CPU per task (sandboxes, agents): {_spread([r.lab_ms for r in runs], 'ms')}")
+        root = base / "idle"
+        idle, latencies = idle_and_latency(root, database(root), cpu, args.idle_seconds, args.latency_runs)
+        print(
+            f"idle engine (1 VM ready, nothing queued, {args.idle_seconds:g} s): {idle * 100:.2f}% of a core"
+        )
+        ms = sorted(x * 1000 for x in latencies)
+        print(
+            f"job submitted (committed by another process) -> command running: median "
+            f"{statistics.median(ms):.1f} ms, min {ms[0]:.1f}, max {ms[-1]:.1f} (n={len(ms)})"
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
