@@ -30,12 +30,13 @@ BACKEND_OPERATIONS = (
     "ensure_domain",
 )
 HOST_OPTIONS: Mapping[str, tuple[str, ...]] = {
-    "local": ("agent_script", "spare_copies", "boot_timeout", "timeouts"),
+    "local": ("agent_script", "spare_copies", "spare_boots", "boot_timeout", "timeouts"),
     "libvirt": ("shutdown_grace", "timeouts"),
     "command": ("snapshots", "timeouts"),
 }
 _DURATIONS = ("boot_timeout", "shutdown_grace")
 _MAY_BE_ZERO = ("shutdown_grace",)  # 0: the guest is destroyed at once
+_BOOLEANS = ("spare_copies", "spare_boots")
 
 
 def parse_host_options(host: MapReader, backend: str, anchor: Path) -> dict[str, Any]:
@@ -54,11 +55,12 @@ def parse_host_options(host: MapReader, backend: str, anchor: Path) -> dict[str,
                 key, f"unknown option for a {backend} host (allowed: {', '.join(sorted(allowed))})"
             )
     options: dict[str, Any] = {}
-    if reader.has("spare_copies"):
-        value = reader.data["spare_copies"]
-        if not isinstance(value, bool):
-            raise reader.error("spare_copies", f"expected true or false, got {describe(value)}")
-        options["spare_copies"] = value
+    for key in _BOOLEANS:
+        if reader.has(key):
+            value = reader.data[key]
+            if not isinstance(value, bool):
+                raise reader.error(key, f"expected true or false, got {describe(value)}")
+            options[key] = value
     if reader.has("agent_script"):
         options["agent_script"] = reader.existing_file("agent_script", anchor)
     for key in _DURATIONS:

@@ -38,7 +38,7 @@ from testlab.domain.inputlimits import (
     MAX_NAME,
     MAX_VMS,
 )
-from testlab.domain.limits import HostLimits
+from testlab.domain.limits import HostLimits, host_limits
 from testlab.domain.sizes import format_size
 from testlab.domain.statuses import VMRole
 from testlab.domain.yamlsource import (
@@ -272,16 +272,15 @@ def _check_own_directory(
 def _parse_limits(host: MapReader) -> HostLimits:
     reader = host.mapping("limits")
     if reader is None:
-        return HostLimits()
+        return host_limits({})
     reader.check_keys((*_LIMIT_INTS, "sleep_after_revert"))
     values: dict[str, Any] = {
-        key: reader.integer(key, getattr(_DEFAULT_LIMITS, key), minimum=0, maximum=INT32_MAX)
-        for key in _LIMIT_INTS
+        key: reader.integer(key, 0, minimum=0, maximum=INT32_MAX) for key in _LIMIT_INTS if reader.has(key)
     }
     values["sleep_after_revert"] = reader.duration(
         "sleep_after_revert", _DEFAULT_LIMITS.sleep_after_revert, maximum=MAX_LAB_DURATION
     )
-    return HostLimits(**values)
+    return host_limits(values)
 
 
 def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
@@ -346,6 +345,9 @@ def dump_lab(lab: LabDef) -> str:
             for f in dataclasses.fields(HostLimits)
             if getattr(host.limits, f.name) != getattr(_DEFAULT_LIMITS, f.name)
         }
+        if host_limits(limits) != host.limits:  # revert limits that do not follow the others
+            limits["max_reverting"] = host.limits.max_reverting
+            limits["max_reverts_while_running"] = host.limits.max_reverts_while_running
         if "sleep_after_revert" in limits:
             limits["sleep_after_revert"] = format_duration(limits["sleep_after_revert"])
         if limits:

@@ -62,6 +62,23 @@ def test_minimal_lab_has_the_defaults() -> None:
     assert (vm.role, vm.labels, vm.description, vm.agent) == ("base", (), "", None)
 
 
+@pytest.mark.parametrize(
+    ("given", "reverting", "while_running"),
+    [
+        ("{}", 1, 1),
+        ("{max_active: 4, max_running: 2}", 2, 2),
+        ("{max_active: 4, max_running: 4}", 1, 1),
+        ("{max_active: 6, max_running: 2, max_reverting: 3}", 3, 3),
+        ("{max_active: 4, max_running: 2, max_reverts_while_running: 0}", 2, 0),
+    ],
+)
+def test_revert_limits_follow_the_others_when_unset(given: str, reverting: int, while_running: int) -> None:
+    parsed = lab(H + f"    limits: {given}\nvms: []\n")
+    limits = parsed.hosts[0].limits
+    assert (limits.max_reverting, limits.max_reverts_while_running) == (reverting, while_running)
+    assert parse_lab_text(dump_lab(parsed)) == parsed
+
+
 def test_full_lab_reads_every_field(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "token").write_text("s3cret\n")
@@ -733,7 +750,7 @@ OPTION_ERRORS = [
         "option of another backend",
         H + "    options: {snapshots: [a]}\nvms: []\n",
         "lab.yaml:5: hosts[0].options.snapshots: unknown option for a local host "
-        "(allowed: agent_script, boot_timeout, spare_copies, timeouts)",
+        "(allowed: agent_script, boot_timeout, spare_boots, spare_copies, timeouts)",
     ),
     (
         "spare_copies not a boolean",

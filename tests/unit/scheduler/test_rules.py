@@ -51,8 +51,12 @@ def test_running_limit_starts_the_most_urgent_first():
     assert actions(snap) == [StartTask(task_id=2, vm="b")]
 
 
+# A host that never reverts beside a running task (slow disks).
+CAUTIOUS = HostLimits(max_reverts_while_running=0)
+
+
 def test_no_start_while_reverts_exceed_what_running_tolerates():
-    snap = lab([vm("a", "idle"), vm("b", "reverting", busy=True)], [task(1, "a")])
+    snap = lab([vm("a", "idle"), vm("b", "reverting", busy=True)], [task(1, "a")], limits=CAUTIOUS)
     assert actions(snap) == []
 
 
@@ -63,7 +67,7 @@ def test_start_allowed_when_reverts_within_reverts_while_running():
 
 
 def test_sleeping_vm_counts_as_reverting():
-    snap = lab([vm("a", "idle"), vm("b", "sleeping", busy=True)], [task(1, "a")])
+    snap = lab([vm("a", "idle"), vm("b", "sleeping", busy=True)], [task(1, "a")], limits=CAUTIOUS)
     assert actions(snap) == []
 
 
@@ -94,13 +98,18 @@ def test_reverting_limit():
     assert actions(snap) == [Revert(vm="a", reason="needed")]
 
 
-def test_no_revert_while_a_vm_runs_by_default():
-    snap = lab([vm("a"), vm("b", "running", busy=True)], [task(1, "a")])
+def test_no_revert_while_a_vm_runs_on_a_cautious_host():
+    snap = lab([vm("a"), vm("b", "running", busy=True)], [task(1, "a")], limits=CAUTIOUS)
     assert actions(snap) == []
 
 
+def test_by_default_the_next_vm_is_prepared_while_one_runs():
+    snap = lab([vm("a"), vm("b", "running", busy=True)], [task(1, "a")])
+    assert actions(snap) == [Revert(vm="a", reason="needed")]
+
+
 def test_no_revert_after_starting_a_task_in_the_same_plan():
-    snap = lab([vm("a", "idle"), vm("b")], [task(1, "a"), task(2, "b")])
+    snap = lab([vm("a", "idle"), vm("b")], [task(1, "a"), task(2, "b")], limits=CAUTIOUS)
     assert actions(snap) == [StartTask(task_id=1, vm="a")]
 
 
@@ -303,7 +312,7 @@ def test_unneeded_dirty_vm_is_powered_off():
 
 
 def test_dirty_vm_waiting_for_capacity_is_kept():
-    snap = lab([vm("a", "dirty"), vm("b", "running", busy=True)], [task(1, "a")])
+    snap = lab([vm("a", "dirty"), vm("b", "running", busy=True)], [task(1, "a")], limits=CAUTIOUS)
     assert actions(snap) == []
 
 
