@@ -22,6 +22,7 @@ from testlab.db.models import VM, Host, Job, Task, utcnow
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.results import ReportSummary, status_after_exit
+from testlab.services.hosts import power_cycled_since
 from testlab.services.results import record_reference
 from testlab.services.tasks import requeue_task
 from testlab.services.transitions import (
@@ -193,6 +194,13 @@ class Outcomes:
             end_operation(session, vm, VMStatus.DIRTY, "aborted for maintenance", task=task)
             return
         if lost and not job.cancel_requested:
+            host = session.get(Host, vm.host_id)
+            since = vm.operation_started or task.started
+            if since is not None and power_cycled_since(session, host, since):
+                reason = f"host {host.name} power-cycled under the command"
+                self._requeue(session, task, reason, count_try=True)
+                end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
+                return
             reason = "the VM rebooted under the command: its agent came back without it"
             self._requeue(session, task, reason, count_try=True)
             self.vm_error(session, vm.id, reason)

@@ -6,12 +6,13 @@ write lock must not wait for it), each with a deadline that does not hold the pr
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import VM, Host, Task
+from testlab.db.models import VM, Event, Host, Task
 from testlab.db.session import run_transaction
 from testlab.domain.labfile import HostDef, LabDef
 from testlab.domain.statuses import TaskStatus, VMStatus
@@ -57,6 +58,29 @@ def _get_host(session: Session, name: str) -> Host:
     return host
 
 
+def _power_cycle_started(host: str) -> str:
+    return f"power cycle of {host} started"
+
+
+def power_cycled_since(session: Session, host: Host, since: datetime) -> bool:
+    """Whether a power cycle of the host was started at `since` or later: an agent that comes back
+    without its command then lost it to the power, not to its VM (the power cycle's own transaction,
+    which requeues the host's tasks, may come after the engine has seen the agent back)."""
+    return (
+        session.scalar(
+            select(Event.id)
+            .where(
+                Event.host_id == host.id,
+                Event.kind == "host",
+                Event.time >= since,
+                Event.reason.startswith(_power_cycle_started(host.name), autoescape=True),
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def power_cycle(url: str, name: str, *, timeout: float, by: str, max_tries: int, jobs_dir: Path) -> str:
     """Power-cycle the host. Every VM of it that was active is marked dirty (reverted before use);
     the tasks that were running there are requeued at once, with their try used but nothing charged to
@@ -65,7 +89,7 @@ def power_cycle(url: str, name: str, *, timeout: float, by: str, max_tries: int,
 
     def started(session: Session) -> HostConfig:
         host = _get_host(session, name)
-        record_event(session, "host", f"power cycle of {host.name} started by {by}", host_id=host.id)
+        record_event(session, "host", f"{_power_cycle_started(host.name)} by {by}", host_id=host.id)
         return host_config(host)
 
     config = run_transaction(url, started, actor=by)

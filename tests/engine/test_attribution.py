@@ -82,9 +82,13 @@ vms:
     subprocess.run([*run.split(), "power_off", "p1"], timeout=60)
 
 
+@pytest.mark.parametrize("linger", [0, 3], ids=["prompt", "agents-back-first"])
 def test_a_host_power_cycle_requeues_its_running_task_at_once(
-    settings, tmp_path, physical_lab, engine_process, subprocess_env
+    settings, tmp_path, physical_lab, engine_process, subprocess_env, linger
 ):
+    """With `linger`, the power cycle command returns seconds after the agents are back: the engine
+    sees the command lost before the power cycle's own transaction, and must not blame the VM."""
+    (physical_lab / "power_cycle_linger").write_text(str(linger))
     marks = tmp_path / "marks"
     marks.mkdir()
     job = submit(settings, tmp_path, "j", JOB.format(run=STEP.format(marks=marks)))

@@ -124,6 +124,9 @@ def main():
             if data.get("pid") and alive(data["pid"]):
                 power_off(root, domain, data)
                 power_on(root, domain, data)
+            linger = root / "power_cycle_linger"  # seconds the command lasts after the machines are back
+            if linger.is_file():
+                time.sleep(float(linger.read_text()))
         elif op == "list_snapshots":
             print("clean")
         else:
