@@ -77,23 +77,24 @@ def enqueue_notice(session: Session, event: Event) -> None:
 
 
 def enqueue_job_end(session: Session, job: Job) -> None:
-    """A job reached its end: a summary for everyone who asked to hear of it."""
-    verdict = job_verdict(session, job)
-    failed = job.status != TaskStatus.COMPLETED or verdict.new > 0
+    """A job reached its end: a summary for everyone who asked to hear of it. Most jobs of a busy lab
+    have no one to tell, so who could be told is looked up before the verdict is worked out."""
     spec = job.notify or {}
     when = spec.get("when", "failure")
-    emails: list[str] = list(spec.get("email", ())) if failed or when == "always" else []
-    hooks: list[str] = list(spec.get("webhooks", ())) if failed or when == "always" else []
     owner = session.scalars(select(User).where(User.name == job.owner)).first()
-    if (
-        owner is not None
-        and owner.email
-        and (owner.notify_on == "always" or owner.notify_on == "failure" and failed)
-    ):
-        emails.append(owner.email)
-    hooks += [
+    owner_email = owner.email if owner is not None and owner.notify_on in ("always", "failure") else None
+    global_hooks = [
         name for (name,) in session.execute(select(Webhook.name).where(Webhook.events.in_(("jobs", "all"))))
     ]
+    if not (spec.get("email") or spec.get("webhooks") or owner_email or global_hooks):
+        return
+    verdict = job_verdict(session, job)
+    failed = job.status != TaskStatus.COMPLETED or verdict.new > 0
+    emails: list[str] = list(spec.get("email", ())) if failed or when == "always" else []
+    hooks: list[str] = list(spec.get("webhooks", ())) if failed or when == "always" else []
+    if owner_email and (owner.notify_on == "always" or failed):
+        emails.append(owner_email)
+    hooks += global_hooks
     if not emails and not hooks:
         return
     tasks = session.execute(
