@@ -22,8 +22,8 @@ Then, on a 1-VM lab with the VM ready: the engine's CPU while it has nothing to 
 engine) to its command running, measured from the submission's commit to the moment the command
 itself records that it started.
 
-A pool-targeted variant (N tasks on whichever VM of a pool is free) plugs in as one more job text in
-`Round`: today a step runs once on each VM it names or labels.
+Every job here names its VM. A pool-targeted variant (one job of N tasks with `labels` and `count`,
+each on whichever VM of the pool is free) will be one more job text in `Round`.
 """
 
 from __future__ import annotations
