@@ -67,7 +67,7 @@ log = logging.getLogger("testlab.hypervisor.local")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "server.py"
 
-_RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the pid in its name
+_RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the process its name records (pid.start)
 _SPARE_PREFIX = ".spare-"  # a complete copy of a snapshot, ready to be swapped in
 _TRASH_PREFIX = ".trash-"  # an old disk or a stale copy, to delete
 _DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in its name, being emptied
@@ -496,8 +496,8 @@ class LocalBackend(Backend):
                     self._discard(entry)
             elif name.startswith(_RESTORE_PREFIX):
                 owner = name[len(_RESTORE_PREFIX) :].split("-", 1)[0]
-                if not (owner.isdigit() and int(owner) != os.getpid() and _pid_exists(int(owner))):
-                    if owner.isdigit() and int(owner) == os.getpid() and self._copy_in_flight(entry):
+                if owner == _owner_tag() or not _owner_alive(owner):
+                    if owner == _owner_tag() and self._copy_in_flight(entry):
                         continue
                     # The copy of a killed process may still run (cp outlives its parent): it would
                     # write the directory again after it is discarded.
@@ -914,7 +914,7 @@ class LocalBackend(Backend):
         """Put the spare copy of `snapshot` at disk/ atomically, if there is one: (swapped, the old
         disk's new name)."""
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
-        fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        fresh = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
         try:
             os.rename(spare, fresh)
         except FileNotFoundError:
@@ -947,7 +947,7 @@ class LocalBackend(Backend):
 
     def _copy_into_place(self, ddir: Path, source: Path) -> None:
         """Copy `source` next to the missing disk/ and rename it into place: never a partial disk."""
-        fresh = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        fresh = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
         _in_flight.add(str(fresh))
         try:
             self.copy_method = copy_tree(source, fresh, self._deadline("revert"))
@@ -965,7 +965,7 @@ class LocalBackend(Backend):
         if _free_bytes(ddir) < LOW_SPACE:  # the spare must not take the room the next task needs
             log.info("no spare copy of %s/%s: the filesystem is nearly full", ddir.name, snapshot)
             return
-        partial = ddir / f"{_RESTORE_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        partial = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
         _in_flight.add(str(partial))
         try:
             copy_tree(source, partial, self._deadline("revert"))
@@ -1062,6 +1062,23 @@ def _empty_dir(path: Path) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+
+def _owner_tag() -> str:
+    """This process as a copy's owner: its pid and start time (pids are reused, start times not)."""
+    pid = os.getpid()
+    st = _proc_stat(pid)
+    return f"{pid}.{st[3] if st else 0}"
+
+
+def _owner_alive(tag: str) -> bool:
+    """Whether the process a copy's name records is still the one running under that pid."""
+    pid, _, start = tag.partition(".")
+    if not pid.isdigit():
+        return False
+    if not start.isdigit():  # a name from before start times were recorded
+        return _pid_exists(int(pid))
+    return _alive(int(pid), int(start))
 
 
 def _pid_exists(pid: int) -> bool:

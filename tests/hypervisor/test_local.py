@@ -178,6 +178,52 @@ while True:
 """
 
 
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def _spawn_with_pid(pid: int) -> subprocess.Popen | None:
+    """A process that gets `pid`, as when pids wrap around on a busy machine (root only)."""
+    for _ in range(20):
+        NS_LAST_PID.write_text(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "60"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(not os.access(NS_LAST_PID, os.W_OK), reason="choosing the next pid needs root")
+def test_the_copy_of_a_killed_revert_goes_even_when_its_pid_is_reused(tmp_path: Path) -> None:
+    backend = make_local(tmp_path)
+    reuser = None
+    try:
+        ddir = backend.root / "d1"
+        populate(ddir / "disk", files=3000)
+        backend.create_snapshot("d1", "a")
+        proc = subprocess.Popen(
+            [sys.executable, "-c", REVERT_LOOP, backend.uri, "0"], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".restore") for p in ddir.iterdir()):
+            assert time.monotonic() < deadline, "no copy in progress seen"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reuser = _spawn_with_pid(proc.pid)
+        if reuser is None:
+            pytest.skip(f"pid {proc.pid} could not be given to another process")
+        backend.power_off("d1")  # recovers what the killed revert left
+        assert [p.name for p in ddir.iterdir() if p.name.startswith(".restore")] == []
+        backend.revert("d1", "a")
+    finally:
+        if reuser is not None:
+            reuser.kill()
+            reuser.wait()
+        shutdown(backend)
+
+
 @pytest.mark.slow
 def test_revert_killed_at_random_moments_never_leaves_a_partial_disk(tmp_path: Path) -> None:
     backend = make_local(tmp_path)
