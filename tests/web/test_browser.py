@@ -37,9 +37,15 @@ steps:
     artifacts: [out/*]
     timeout: 2m
 """
+# The build holds at part 2 until the test has seen it running (the file `gate` appears, at most 60 s):
+# a fast engine on a loaded machine could otherwise finish it before the page first shows it.
 SLOW_BUILD = """\
 mkdir -p out
-for i in 1 2 3 4 5 6; do echo "compiling part $i of 6"; sleep 0.7; done
+for i in 1 2 3 4 5 6; do
+  echo "compiling part $i of 6"
+  if [ $i = 2 ]; then n=0; while [ ! -e {gate} ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done; fi
+  sleep 0.2
+done
 echo ok > out/result.txt
 """
 FAILING = """\
@@ -104,7 +110,8 @@ def test_a_day_in_the_lab_in_a_browser(serve, browser_page, tmp_path):
     job_dir = tmp_path / "slow"
     job_dir.mkdir()
     (job_dir / "job.yaml").write_text(SLOW_JOB)
-    (job_dir / "build.sh").write_text(SLOW_BUILD)
+    gate = tmp_path / "gate"
+    (job_dir / "build.sh").write_text(SLOW_BUILD.format(gate=gate))
     page.goto(server.url + "/submit")
     page.set_input_files("#job-file", str(job_dir / "job.yaml"))
     page.set_input_files("#job-files", [str(job_dir / "build.sh")])
@@ -117,6 +124,7 @@ def test_a_day_in_the_lab_in_a_browser(serve, browser_page, tmp_path):
     page.wait_for_selector("h1 .badge.st-running", timeout=60_000)
     page.locator("pre.log.live", has_text="compiling part 2").wait_for(timeout=30_000)
     page.screenshot(path=str(shots / "job-running.png"), full_page=True)
+    gate.touch()
     page.wait_for_selector("h1 .badge.st-completed", timeout=60_000)
     assert page.evaluate("window.stayedOnThePage") is True and page.url == job_url
     assert "compiling part 6 of 6" in page.inner_text("#job-body")
