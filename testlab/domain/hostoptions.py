@@ -15,8 +15,8 @@ from testlab.domain.durations import format_duration
 from testlab.domain.inputlimits import MAX_DOMAIN_NAME, MAX_LAB_DURATION, MAX_SNAPSHOT_NAMES
 from testlab.domain.yamlsource import DOMAIN_NAME_PATTERN, DOMAIN_NAME_RULE, MapReader, describe
 
-# The operations of a backend, as the backends name them (testlab/hypervisor/base.py, OPERATIONS):
-# each may get its own deadline under `timeouts`.
+# The operations of a backend (testlab/hypervisor/base.py uses them as its OPERATIONS): each may get
+# its own deadline under `timeouts`.
 BACKEND_OPERATIONS = (
     "revert",
     "state",

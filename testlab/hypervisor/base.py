@@ -13,22 +13,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from testlab.domain.hostoptions import BACKEND_OPERATIONS
+
 if TYPE_CHECKING:
     from testlab.hypervisor.runner import CommandRunner
 
-#: The operations of the interface; the keys of a host's `timeouts` option.
-OPERATIONS = (
-    "revert",
-    "state",
-    "power_on",
-    "power_off",
-    "list_snapshots",
-    "create_snapshot",
-    "health",
-    "power_cycle",
-    "agent_address",
-    "ensure_domain",
-)
+#: The operations of the interface; the keys of a host's `timeouts` option (named where the lab
+#: file's parser reads them).
+OPERATIONS = BACKEND_OPERATIONS
 #: Seconds the driver waits beyond a command's own deadline, so the command's output reaches the error.
 COMMAND_DEADLINE_MARGIN = 10.0
 
