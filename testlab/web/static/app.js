@@ -79,12 +79,10 @@ function watchJob(root) {
       if (again) { again = false; refresh(); }
     }
   };
+  // The stream's first event is the job as it is when the stream opens, which may already differ from
+  // the page as it was rendered (a change in between would otherwise stay unseen): refresh on it too.
   const source = new EventSource(`/api/v1/jobs/${id}/stream`);
-  let first = true;
-  source.addEventListener("job", () => {
-    if (first) { first = false; return; }
-    refresh();
-  });
+  source.addEventListener("job", () => refresh());
 }
 
 // ---------------------------------------------------------------------------------- VM board
