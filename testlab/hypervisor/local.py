@@ -947,16 +947,27 @@ class LocalBackend(Backend):
 
     def _copy_into_place(self, ddir: Path, source: Path) -> None:
         """Copy `source` next to the missing disk/ and rename it into place: never a partial disk."""
-        fresh = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
-        _in_flight.add(str(fresh))
+        holder = self._copy_holder(ddir)
         try:
-            self.copy_method = copy_tree(source, fresh, self._deadline("revert"))
-            os.rename(fresh, ddir / "disk")
+            self.copy_method = copy_tree(source, holder / "tree", self._deadline("revert"))
+            os.rename(holder / "tree", ddir / "disk")
+            os.rmdir(holder)
         except BaseException:
-            remove_tree(fresh)
+            remove_tree(holder)
             raise
         finally:
-            _in_flight.discard(str(fresh))
+            _in_flight.discard(str(holder))
+
+    @staticmethod
+    def _copy_holder(ddir: Path) -> Path:
+        """A new directory, named for its owner, that a copy in progress goes into. A copy is made
+        inside it rather than at its name: if recovery deletes the holder of a killed process (whose
+        `cp` may have been forked but not yet started, so no scan finds it), a late `cp` fails for want
+        of its parent instead of creating the copy again."""
+        holder = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
+        holder.mkdir()
+        _in_flight.add(str(holder))
+        return holder
 
     def _prepare_spare(self, ddir: Path, source: Path, snapshot: str) -> None:
         spare = ddir / f"{_SPARE_PREFIX}{snapshot}"
@@ -965,11 +976,15 @@ class LocalBackend(Backend):
         if _free_bytes(ddir) < LOW_SPACE:  # the spare must not take the room the next task needs
             log.info("no spare copy of %s/%s: the filesystem is nearly full", ddir.name, snapshot)
             return
-        partial = ddir / f"{_RESTORE_PREFIX}{_owner_tag()}-{secrets.token_hex(4)}"
-        _in_flight.add(str(partial))
         try:
-            copy_tree(source, partial, self._deadline("revert"))
-            os.rename(partial, spare)
+            partial = self._copy_holder(ddir)
+        except OSError as exc:
+            log.warning("preparing a spare copy of %s/%s failed: %s", ddir.name, snapshot, exc)
+            return
+        try:
+            copy_tree(source, partial / "tree", self._deadline("revert"))
+            os.rename(partial / "tree", spare)
+            os.rmdir(partial)
         except (OSError, OperationFailed, OperationTimedOut) as exc:
             log.warning("preparing a spare copy of %s/%s failed: %s", ddir.name, snapshot, exc)
         finally:
