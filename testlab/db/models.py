@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import false as sa_false
+from sqlalchemy import true as sa_true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -93,6 +94,14 @@ class VM(Base):
     operation_deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # agent boot id after the revert
     next_check: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # monitor of offline VMs
+    # Reuse policy (docs/lifecycle.md): `every-task` reverts before each task; `reuse` keeps the VM
+    # between tasks until one of the reasons to wipe it holds.
+    wipe: Mapped[str] = mapped_column(String(20), default="every-task", server_default="every-task")
+    max_uses: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    wipe_after_failure: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_true())
+    protect_after: Mapped[int] = mapped_column(Integer, default=2, server_default="2")  # 0: off
+    uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # since its last wipe
+    wipe_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     version: Mapped[int] = _version_column()
 
     host: Mapped[Host] = relationship(back_populates="vms")
@@ -217,6 +226,8 @@ class Step(Base):
     pool_labels: Mapped[list] = mapped_column(JSON, default=list)
     env: Mapped[dict] = mapped_column(JSON, default=dict)
     timeout: Mapped[float] = mapped_column(Float)
+    prepare: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())  # sets up a VM
+    clean: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())  # needs a fresh VM
     status: Mapped[str] = mapped_column(String(20), default="queued")
     started: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -255,6 +266,10 @@ class Task(Base):
     agent_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     boot_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
     command_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The VM's uses since its last wipe, as a history string (docs/lifecycle.md), when the task last
+    # started and when it ended: kept with the task, whatever becomes of the use rows.
+    history_at_start: Mapped[str | None] = mapped_column(Text, nullable=True)
+    history_at_end: Mapped[str | None] = mapped_column(Text, nullable=True)
     version: Mapped[int] = _version_column()
 
     step: Mapped[Step] = relationship(back_populates="tasks")
@@ -268,6 +283,36 @@ class Task(Base):
         {"sqlite_autoincrement": True},
     )
     __mapper_args__ = {"version_id_col": version}
+
+
+class VMUse(Base):
+    """One use of a VM: a task (`task`, or `prepare` for a preparation step), an administrator's
+    command (`exec`) or a power cycle (`power-cycle`). The rows with `wiped` unset are the VM's
+    current lifecycle, in id order; a wipe sets `wiped` on all of them at once, so each earlier
+    lifecycle is the rows of one VM sharing one `wiped` time. Written by the engine (tasks) and by
+    administrators' commands; never updated by anyone else, so it carries no version."""
+
+    __tablename__ = "vm_uses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vm_id: Mapped[int] = mapped_column(ForeignKey("vms.id"))
+    kind: Mapped[str] = mapped_column(String(20))  # task | prepare | exec | power-cycle
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # no foreign key: outlives gc
+    step: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    task_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(100), nullable=True)  # who ran an exec / power cycle
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")  # an exec's command line
+    started: Mapped[datetime] = mapped_column(DateTime)
+    ended: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)  # a task's final status
+    wiped: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_vm_uses_vm_wiped", "vm_id", "wiped", "id"),
+        Index("ix_vm_uses_task", "task_id"),
+        Index("ix_vm_uses_started", "started"),
+        {"sqlite_autoincrement": True},
+    )
 
 
 class Event(Base):

@@ -58,6 +58,8 @@ _STEP_KEYS = (
     "artifacts",
     "reports",
     "env",
+    "prepare",
+    "clean",
 )
 _NOTIFY_KEYS = ("email", "webhooks", "when")
 NOTIFY_WHEN = ("failure", "always")
@@ -80,6 +82,10 @@ class StepDef:
     artifacts: tuple[str, ...] = ()
     reports: tuple[str, ...] = ()  # JUnit XML or TAP files the command writes, parsed into test cases
     env: Mapping[str, str] = field(default_factory=FrozenMap)
+    # A preparation step sets up a machine that later tasks share: its uses are marked in history
+    # strings. A clean step runs only on a VM unused since its last wipe (docs/lifecycle.md).
+    prepare: bool = False
+    clean: bool = False
     line: int | None = None
     # Line of each key of the step, so later checks (resolve_targets) can point at `labels:` itself.
     field_lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -251,6 +257,8 @@ def _parse_step(reader: MapReader, anchor: Path) -> StepDef:
         artifacts=reader.string_list("artifacts", check=_pattern_problem, max_items=MAX_ARTIFACTS),
         reports=reader.string_list("reports", check=_pattern_problem, max_items=MAX_ARTIFACTS),
         env=_parse_env(reader),
+        prepare=reader.boolean("prepare", False),
+        clean=reader.boolean("clean", False),
         line=reader.line(),
         field_lines=_field_lines(reader),
     )

@@ -51,6 +51,7 @@ from testlab.domain.yamlsource import (
     read_source,
     sub_readers,
 )
+from testlab.lifecycle.reuse import DEFAULT_K, DEFAULT_WIPE, ReusePolicy, Wipe
 
 BACKENDS = ("local", "libvirt", "command")
 # How libvirt runs a host's domains: `kvm` (hardware virtualisation, the default) or `qemu` (software
@@ -70,7 +71,21 @@ _HOST_KEYS = (
     "domain_type",
     "description",
 )
-_VM_KEYS = ("name", "host", "domain", "snapshot", "role", "labels", "description", "agent")
+_VM_KEYS = (
+    "name",
+    "host",
+    "domain",
+    "snapshot",
+    "role",
+    "labels",
+    "description",
+    "agent",
+    "wipe",
+    "max_uses",
+    "wipe_after_failure",
+    "protect_after",
+)
+_REUSE_KEYS = ("max_uses", "wipe_after_failure", "protect_after")  # meaningful with `wipe: reuse` only
 _LIMIT_INTS = (
     "max_active",
     "max_running",
@@ -112,6 +127,8 @@ class VMDef:
     labels: tuple[str, ...] = ()
     description: str = ""
     agent: str | None = None
+    # When the VM is wiped (docs/lifecycle.md); the parser fills in its host backend's default.
+    reuse: ReusePolicy = field(default_factory=ReusePolicy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, tuple):
@@ -163,7 +180,7 @@ def parse_lab_text(text: str, source: str = "<lab>", base_dir: Path | None = Non
     vm_lines: dict[str, int] = {}
     config_lines: dict[tuple[str, str, str], tuple[str, int]] = {}
     for reader in sub_readers(top, "vms", max_items=MAX_VMS):
-        vm = _parse_vm(reader, host_lines)
+        vm = _parse_vm(reader, host_lines, {h.name: h.backend for h in hosts})
         if vm.name in vm_lines:
             raise reader.error("name", f"duplicate VM name {vm.name!r} (first on line {vm_lines[vm.name]})")
         key = (vm.host, vm.domain, vm.snapshot)
@@ -283,13 +300,14 @@ def _parse_limits(host: MapReader) -> HostLimits:
     return host_limits(values)
 
 
-def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
+def _parse_vm(reader: MapReader, host_lines: Mapping[str, int], backends: Mapping[str, str]) -> VMDef:
     reader.check_keys(_VM_KEYS, required=("name", "host", "snapshot"))
     name = reader.string("name", name=True)
     host = reader.string("host")
     if host not in host_lines:
         known = ", ".join(host_lines) or "none"
         raise reader.error("host", f"unknown host {host!r} (hosts: {known})")
+    reuse = _parse_reuse(reader, backends[host])
     agent = reader.string("agent", None)
     if agent is not None:
         problem = _agent_url_problem(agent)
@@ -304,6 +322,24 @@ def _parse_vm(reader: MapReader, host_lines: Mapping[str, int]) -> VMDef:
         labels=reader.string_list("labels", check=_label_problem, max_items=MAX_LABELS, max_length=MAX_NAME),
         description=reader.text("description"),
         agent=agent,
+        reuse=reuse,
+    )
+
+
+def _parse_reuse(reader: MapReader, backend: str) -> ReusePolicy:
+    wipe = reader.string("wipe", DEFAULT_WIPE[backend], choices=Wipe.ALL)
+    if wipe != Wipe.REUSE:
+        for key in _REUSE_KEYS:
+            if reader.has(key):
+                raise reader.error(key, "goes with 'wipe: reuse' (this VM is wiped before every task)")
+    max_uses = (
+        reader.integer("max_uses", None, minimum=1, maximum=INT32_MAX) if reader.has("max_uses") else None
+    )
+    return ReusePolicy(
+        wipe=wipe,
+        max_uses=max_uses,
+        wipe_after_failure=reader.boolean("wipe_after_failure", True),
+        protect_after=reader.integer("protect_after", DEFAULT_K, minimum=0, maximum=1000),
     )
 
 
@@ -380,6 +416,16 @@ def dump_lab(lab: LabDef) -> str:
             item["description"] = vm.description
         if vm.agent is not None:
             item["agent"] = vm.agent
+        host = lab.host(vm.host)
+        if host is None or vm.reuse.wipe != DEFAULT_WIPE[host.backend]:
+            item["wipe"] = vm.reuse.wipe
+        if vm.reuse.reuse:
+            if vm.reuse.max_uses is not None:
+                item["max_uses"] = vm.reuse.max_uses
+            if not vm.reuse.wipe_after_failure:
+                item["wipe_after_failure"] = False
+            if vm.reuse.protect_after != DEFAULT_K:
+                item["protect_after"] = vm.reuse.protect_after
         vms.append(item)
     return yaml.dump(
         {"hosts": hosts, "vms": vms},

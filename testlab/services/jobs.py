@@ -156,6 +156,8 @@ def _insert(
             pool_labels=list(step.labels) if step.count is not None else [],
             env=dict(step.env),
             timeout=step.timeout,
+            prepare=step.prepare,
+            clean=step.clean,
             status=TaskStatus.QUEUED,
         )
         session.add(step_row)

@@ -12,6 +12,7 @@ from testlab.domain.labfile import HostDef, LabDef, VMDef
 from testlab.domain.statuses import VMRole
 from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits
 from testlab.services.transitions import record_event
+from testlab.services.uses import reuse_policy
 
 
 @dataclass
@@ -50,6 +51,10 @@ def _vm_values(definition: VMDef, host: Host) -> dict:
         "labels": list(definition.labels),
         "description": definition.description,
         "agent_url": definition.agent,
+        "wipe": definition.reuse.wipe,
+        "max_uses": definition.reuse.max_uses,
+        "wipe_after_failure": definition.reuse.wipe_after_failure,
+        "protect_after": definition.reuse.protect_after,
     }
 
 
@@ -141,6 +146,7 @@ def export_lab(session: Session) -> LabDef:
                 labels=tuple(v.labels or ()),
                 description=v.description,
                 agent=v.agent_url,
+                reuse=reuse_policy(v),
             )
             for v in vms
             if v.host_id in host_names

@@ -133,9 +133,8 @@ ERRORS = [
     (
         "step unknown key",
         S + "    retries: 3\n",
-        "job.yaml:6: steps[0].retries: unknown key (allowed: after, artifacts, count, env, files, labels, "
-        "name, reports, run, timeout, "
-        "vms)",
+        "job.yaml:6: steps[0].retries: unknown key (allowed: after, artifacts, clean, count, env, files, "
+        "labels, name, prepare, reports, run, timeout, vms)",
     ),
     (
         "step missing run",
@@ -710,3 +709,12 @@ def test_bad_notify_and_reference_are_refused(tmp_path, extra, message):
     with pytest.raises(DefinitionError) as info:
         parse_job(tmp_path / "job.yaml")
     assert message in str(info.value), str(info.value)
+
+
+def test_prepare_and_clean_steps() -> None:
+    text = S + "    prepare: true\n  - name: b\n    run: y\n    vms: [v]\n    after: a\n    clean: true\n"
+    job = parse_job_text(text, source="job.yaml")
+    assert (job.step("a").prepare, job.step("a").clean) == (True, False)
+    assert (job.step("b").prepare, job.step("b").clean) == (False, True)
+    with pytest.raises(DefinitionError, match=r"^job.yaml:6: steps\[0\].clean: expected true or false"):
+        parse_job_text(S + "    clean: yes please\n", source="job.yaml")

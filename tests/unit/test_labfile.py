@@ -310,8 +310,8 @@ ERRORS = [
     (
         "vm unknown key",
         H + "vms:\n  - name: v\n    host: h1\n    snapshot: s\n    os: linux\n",
-        "lab.yaml:9: vms[0].os: unknown key (allowed: agent, description, domain, host, labels, name, role, "
-        "snapshot)",
+        "lab.yaml:9: vms[0].os: unknown key (allowed: agent, description, domain, host, labels, max_uses, "
+        "name, protect_after, role, snapshot, wipe, wipe_after_failure)",
     ),
     (
         "vm missing snapshot",
@@ -953,3 +953,63 @@ def test_the_command_host_of_the_backend_docs_parses() -> None:
     (host,) = lab("hosts:\n" + textwrap.indent(snippet.group(1), "  ") + "vms: []\n").hosts
     assert host.backend == "command" and "revert" in host.commands
     assert dict(host.options) == {"snapshots": ["debian-12", "win11"], "timeouts": {"revert": 5400.0}}
+
+
+# --- reuse policy (docs/lifecycle.md) ---------------------------------------------------------
+
+REUSE_HOSTS = """\
+hosts:
+  - {name: h1, backend: local, uri: 'local:///var/tmp/lab'}
+  - name: p1
+    backend: command
+    uri: pdu://rack1
+    commands:
+      revert: 'reinstall {domain}'
+      power_on: 'on {domain}'
+      power_off: 'off {domain}'
+      state: 'state {domain}'
+vms:
+"""
+
+
+def test_wipe_defaults_follow_the_backend_and_reuse_keys_are_read() -> None:
+    from testlab.lifecycle import ReusePolicy
+
+    parsed = lab(
+        REUSE_HOSTS
+        + "  - {name: v, host: h1, snapshot: s}\n"
+        + "  - {name: m, host: p1, snapshot: s}\n"
+        + "  - {name: w, host: h1, snapshot: s, wipe: reuse, max_uses: 5, wipe_after_failure: false,"
+        + " protect_after: 3}\n"
+    )
+    assert parsed.vm("v").reuse == ReusePolicy(wipe="every-task")
+    assert parsed.vm("m").reuse == ReusePolicy(wipe="reuse")
+    assert parsed.vm("w").reuse == ReusePolicy(
+        wipe="reuse", max_uses=5, wipe_after_failure=False, protect_after=3
+    )
+    assert parse_lab_text(dump_lab(parsed)) == parsed
+    dumped = dump_lab(parsed)
+    assert "wipe: reuse" in dumped and dumped.count("wipe:") == 1, "defaults are left out"
+
+
+@pytest.mark.parametrize(
+    ("vm", "expected"),
+    [
+        (
+            "{name: v, host: h1, snapshot: s, wipe: sometimes}",
+            "vms[0].wipe: expected one of every-task, reuse",
+        ),
+        ("{name: v, host: h1, snapshot: s, max_uses: 3}", "vms[0].max_uses: goes with 'wipe: reuse'"),
+        (
+            "{name: v, host: p1, snapshot: s, wipe: every-task, protect_after: 1}",
+            "vms[0].protect_after: goes",
+        ),
+        (
+            "{name: v, host: p1, snapshot: s, max_uses: 0}",
+            "vms[0].max_uses: expected an integer from 1 to 2147483647, got 0",
+        ),
+        ("{name: v, host: p1, snapshot: s, wipe_after_failure: 1}", "vms[0].wipe_after_failure: expected"),
+    ],
+)
+def test_reuse_errors_are_one_line(vm: str, expected: str) -> None:
+    assert expected in error_of(REUSE_HOSTS + f"  - {vm}\n")
