@@ -23,6 +23,7 @@ from testlab.engine.options import EngineOptions
 from testlab.engine.work import PowerOffWork, RevertWork, TaskWork, View, vm_ref
 from testlab.scheduler.snapshot import Plan, PowerOff, Revert, StartTask
 from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
+from testlab.services.uses import begin_task_use, wipe_lifecycle
 
 Work = RevertWork | PowerOffWork | TaskWork
 
@@ -84,7 +85,9 @@ def _revert(
         if owner.status not in (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.DIRTY):
             return []
         set_vm_status(session, owner, VMStatus.OFF, f"domain {owner.domain} taken over by {vm.name}", now=now)
+        wipe_lifecycle(session, owner, now)
     set_vm_status(session, vm, VMStatus.REVERTING, f"revert to {vm.snapshot} ({action.reason})", now=now)
+    wipe_lifecycle(session, vm, now)
     _set_operation(vm, "revert", options.revert_timeout + host.sleep_after_revert, now)
     return [RevertWork(vm_ref(vm, host.name), host.sleep_after_revert, options.revert_timeout)]
 
@@ -116,13 +119,15 @@ def _start_task(
         return []
     if vm.maintenance_requested:
         return []
+    step = session.get(Step, task.step_id)
     if task.vm_id is None:  # a pool task takes the VM the plan chose, if it still carries the labels
-        pool_labels = session.scalar(select(Step.pool_labels).where(Step.id == task.step_id))
-        if not pool_labels or not selected_by(pool_labels, vm.labels or (), vm.role):
+        if not step.pool_labels or not selected_by(step.pool_labels, vm.labels or (), vm.role):
             return []
         task.vm_id = vm.id
     elif task.vm_id != vm.id:
         return []
+    if step.clean and vm.uses:
+        return []  # the plan was made before a use of the VM (an administrator's command)
     job = session.get(Job, task.job_id)
     if job.cancel_requested:
         return []
@@ -133,6 +138,10 @@ def _start_task(
     task.exit_code = task.failures = None
     task.detail = ""
     set_task_status(session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", now=now)
+    task.history_at_start = begin_task_use(
+        session, vm, task_id=task.id, job_id=job.id, step=step.name, prepare=step.prepare, now=now
+    )
+    task.history_at_end = None
     set_vm_status(
         session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now
     )

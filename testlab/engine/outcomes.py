@@ -21,6 +21,7 @@ from testlab.config import Settings
 from testlab.db.models import VM, Host, Job, Task, utcnow
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
+from testlab.lifecycle import FAILING, wipe_advice, wipe_reason
 from testlab.results import ReportSummary, status_after_exit
 from testlab.services.hosts import power_cycled_since
 from testlab.services.results import record_reference
@@ -34,6 +35,7 @@ from testlab.services.transitions import (
     set_task_status,
     set_vm_status,
 )
+from testlab.services.uses import end_task_use, reuse_policy, wipe_lifecycle
 
 DISK_SHORT = "short of disk"
 
@@ -64,6 +66,7 @@ class Outcomes:
         vm = session.get(VM, vm_id)
         vm.boot_id = None
         self._host_works(session, vm)
+        wipe_lifecycle(session, vm, utcnow())  # an off VM is always reverted before its next use
         end_operation(session, vm, VMStatus.OFF, "powered off")
 
     def vm_error(self, session: Session, vm_id: int, reason: str) -> None:
@@ -224,10 +227,38 @@ class Outcomes:
         task.detail = detail
         set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}")
         vm.errors = 0
-        end_operation(session, vm, VMStatus.DIRTY, f"task {task.id} ended {status}", task=task)
+        self._release_after_task(session, vm, task, status)
         if job.reference:
             record_reference(session, job, task_ids=[task.id])
         roll_up_job(session, job)
+
+    def _release_after_task(self, session: Session, vm: VM, task: Task, status: str) -> None:
+        """Close the task's use of the VM and say whether the VM runs the next task as it is (a
+        reused VM with no reason to wipe it: idle) or is wiped first (dirty)."""
+        task.history_at_end, uses = end_task_use(
+            session, vm.id, task_id=task.id, job_id=task.job_id, outcome=status, now=utcnow()
+        )
+        policy = reuse_policy(vm)
+        wipe = wipe_reason(policy, uses=vm.uses, outcome=status, requested=vm.wipe_requested)
+        if wipe is None and policy.protect_after and status in FAILING:
+            advice = wipe_advice(uses, k=policy.protect_after)
+            if advice is not None:
+                wipe = f"protection: {advice.reason}"
+                record_event(
+                    session,
+                    "notify",
+                    f"vm {vm.name} will be wiped before its next use: {advice.reason}",
+                    vm=vm,
+                )
+        ended = f"task {task.id} ended {status}"
+        if not policy.reuse:
+            end_operation(session, vm, VMStatus.DIRTY, ended, task=task)
+        elif wipe is None:
+            end_operation(
+                session, vm, VMStatus.IDLE, f"{ended}; reused ({vm.uses} uses since its wipe)", task=task
+            )
+        else:
+            end_operation(session, vm, VMStatus.DIRTY, f"{ended}; to be wiped: {wipe}", task=task)
 
     def task_requeue(
         self, session: Session, task_id: int, reason: str, *, count_try: bool = True, vm_error: bool = True

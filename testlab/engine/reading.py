@@ -60,6 +60,7 @@ def read_round(session: Session, options: EngineOptions, inflight: frozenset[str
                 busy=vm.operation is not None or vm.name in inflight,
                 maintenance_requested=vm.maintenance_requested,
                 recent_demand=demand.get(vm.id, 0),
+                used=bool(vm.uses),
             )
             for vm in vms
         },
@@ -121,7 +122,16 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
 
     dependency = aliased(Step)
     rows = session.execute(
-        select(Task.id, Task.vm_id, Job.id, Job.priority, Step.id, dependency.status, Step.pool_labels)
+        select(
+            Task.id,
+            Task.vm_id,
+            Job.id,
+            Job.priority,
+            Step.id,
+            dependency.status,
+            Step.pool_labels,
+            Step.clean,
+        )
         .join(Step, Task.step_id == Step.id)
         .join(Job, Task.job_id == Job.id)
         .outerjoin(dependency, Step.depends_on_id == dependency.id)
@@ -129,7 +139,7 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
         .order_by(Job.priority, Job.id, Step.number, Task.id)
     ).all()
     tasks = []
-    for task_id, vm_id, job_id, priority, step_id, dependency_status, pool_labels in rows:
+    for task_id, vm_id, job_id, priority, step_id, dependency_status, pool_labels, clean in rows:
         if dependency_status is None or dependency_status == TaskStatus.COMPLETED:
             stage = 0
         elif dependency_status == TaskStatus.RUNNING:
@@ -137,9 +147,10 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
         else:
             continue
         if vm_id is None and pool_labels:
-            tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage, candidates(pool_labels)))
+            pool = candidates(pool_labels)
+            tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage, pool, clean))
         elif vm_id in vm_names:
-            tasks.append(TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage))
+            tasks.append(TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage, clean=clean))
     return tuple(tasks)
 
 

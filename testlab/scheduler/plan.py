@@ -108,6 +108,11 @@ class _Planner:
             if status[name] != idle or name in busy or name not in usable:
                 continue
             vm = vms[name]
+            if vm.used and tasks[index].clean:
+                # Used since its last wipe: to this task the VM is dirty, and prepare() reverts it.
+                lab.hosts[vm.host].move(idle, VMStatus.DIRTY)
+                status[name] = VMStatus.DIRTY
+                continue
             key = (vm.host, vm.domain)
             if key in lab.touched or lab.contested(key):
                 continue

@@ -35,6 +35,7 @@ class VMView:
     busy: bool = False  # an engine operation is in flight on it (revert, power off, monitor, task)
     maintenance_requested: bool = False  # finish the current task, then maintenance: start nothing new
     recent_demand: int = 0  # tasks run on it recently: tie-breaker for keeping VMs ready when idle
+    used: bool = False  # used since its last wipe (a reused VM): not clean for a `clean` task
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class TaskView:
     stage: int = 0
     # A pool task's VMs (all those carrying its step's labels). Tasks of one pool share one tuple.
     candidates: tuple[str, ...] = ()
+    clean: bool = False  # runs only on a VM unused since its last wipe (`clean: true` in the job file)
 
 
 @dataclass(frozen=True, slots=True)

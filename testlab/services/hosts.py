@@ -18,9 +18,11 @@ from testlab.domain.labfile import HostDef, LabDef
 from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.hypervisor import HostConfig, open_host
 from testlab.hypervisor.base import Backend, OperationTimedOut
+from testlab.lifecycle import UseKind
 from testlab.services.errors import UserError
 from testlab.services.tasks import requeue_task
 from testlab.services.transitions import end_operation, record_event, set_vm_status
+from testlab.services.uses import begin_outside_use, end_outside_use
 from testlab.threads import call_with_deadline
 
 
@@ -103,6 +105,9 @@ def power_cycle(url: str, name: str, *, timeout: float, by: str, max_tries: int,
         marked = requeued = 0
         reason = f"host {host.name} power-cycled by {by}"
         for vm in session.scalars(select(VM).where(VM.host_id == host.id)):
+            if vm.status not in (VMStatus.OFF, VMStatus.OFFLINE):
+                use_id = begin_outside_use(session, vm, UseKind.POWER_CYCLE, actor=by)
+                end_outside_use(session, use_id)
             task = session.scalars(
                 select(Task).where(Task.vm_id == vm.id, Task.status == TaskStatus.RUNNING)
             ).first()

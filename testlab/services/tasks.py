@@ -8,11 +8,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from testlab.db.models import Job, Step, Task
+from testlab.db.models import Job, Step, Task, utcnow
 from testlab.db.session import after_commit
 from testlab.domain.statuses import TaskStatus
 from testlab.services.results import clear_task_results
 from testlab.services.transitions import roll_up_job, set_task_status
+from testlab.services.uses import end_task_use
 
 
 def requeue_task(
@@ -22,6 +23,16 @@ def requeue_task(
     try on a clean VM, or ends `boterror` once it used `max_tries` (never an endless loop), or
     `canceled` if its job was. The caller sees to the VM, whose fault it may or may not be."""
     job = session.get(Job, task.job_id)
+    if task.vm_id is not None and task.status == TaskStatus.RUNNING:
+        if job.cancel_requested:
+            outcome = TaskStatus.CANCELED
+        elif (task.tries if count_try else max(0, task.tries - 1)) >= max_tries:
+            outcome = TaskStatus.BOTERROR
+        else:
+            outcome = None  # another try follows: this use gave no verdict
+        task.history_at_end, _ = end_task_use(
+            session, task.vm_id, task_id=task.id, job_id=task.job_id, outcome=outcome, now=utcnow()
+        )
     after_commit(session, lambda: shutil.rmtree(output_dir, ignore_errors=True))
     clear_task_results(session, task.id)
     if not count_try:

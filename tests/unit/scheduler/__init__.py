@@ -119,10 +119,15 @@ def check_plan(snapshot: Snapshot, plan: Plan) -> None:
             t = tasks[action.task_id]
             assert t.vm == action.vm if t.vm is not None else action.vm in t.candidates, action
             assert t.stage == 0, action
+            assert not (t.clean and v.used), f"a clean task on a used VM: {action}"
             assert action.vm not in plan.blocked
             per_domain[key].append(action.vm)
         elif isinstance(action, Revert):
-            assert v.status in (VMStatus.OFF, VMStatus.DIRTY), action
+            # An idle VM is reverted only for a clean task, when it was used since its last wipe.
+            wants_clean = any(t.clean and t.stage == 0 and t.vm == action.vm for t in snapshot.tasks)
+            assert v.status in (VMStatus.OFF, VMStatus.DIRTY) or (
+                v.status == VMStatus.IDLE and v.used and wants_clean
+            ), action
             assert action.reason in ("needed", "next", "ready")
             assert action.vm not in plan.blocked
             per_domain[key].append(action.vm)

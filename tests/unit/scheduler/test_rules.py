@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 
@@ -449,3 +450,24 @@ def test_host_short_of_disk_gets_no_revert_but_its_idle_vms_still_run():
 def test_host_short_of_disk_keeps_nothing_ready():
     full = HostView(name="h1", limits=ROOMY, no_reverts="disk nearly full")
     assert actions(lab([vm("a", "off"), vm("b", "off")], hosts=[full])) == []
+
+
+# --- reused VMs and clean steps (docs/lifecycle.md) -------------------------------------------
+
+
+def _clean(task_view):
+    return dataclasses.replace(task_view, clean=True)
+
+
+def test_a_reused_vm_runs_the_next_task_as_it_is():
+    assert actions(lab([vm("a", "idle", used=True)], [task(1, "a")])) == [StartTask(task_id=1, vm="a")]
+
+
+def test_a_clean_task_gets_its_used_vm_reverted_first():
+    assert actions(lab([vm("a", "idle", used=True)], [_clean(task(1, "a"))])) == [
+        Revert(vm="a", reason="needed")
+    ]
+
+
+def test_a_clean_task_starts_on_a_vm_unused_since_its_wipe():
+    assert actions(lab([vm("a", "idle")], [_clean(task(1, "a"))])) == [StartTask(task_id=1, vm="a")]
