@@ -103,6 +103,35 @@ def job_show(job_id: int, as_json: bool) -> None:
             for task in step["tasks"]
         ],
     )
+    _print_lifecycles(view)
+
+
+def _print_lifecycles(view: dict) -> None:
+    """Each task's history string (its VM's uses since the last wipe), and for a failure on a reused
+    VM the earlier uses, newest first: a machine left broken shows here (docs/lifecycle.md)."""
+    for step in view["steps"]:
+        for task in step["tasks"]:
+            if task.get("history"):
+                click.echo(f"task {task['id']} on {task['vm']}: history {task['history']}")
+            earlier = task.get("used_before")
+            if earlier is None:
+                continue
+            if not earlier:
+                click.echo(
+                    f"task {task['id']} {task['status']}: no earlier use of {task['vm']} since its last wipe"
+                )
+                continue
+            click.echo(
+                f"task {task['id']} {task['status']} on {task['vm']}, used before it since its last wipe:"
+            )
+            for use in earlier:
+                mark = " (still running then)" if use["concurrent"] else ""
+                if use["job"] is not None:
+                    outcome = use["outcome"] or "no verdict"
+                    what = f"job {use['job']} step {use['step']} task {use['task']}: {outcome}"
+                else:
+                    what = f"{use['kind']}#{use['id']} by {use['actor']}"
+                click.echo(f"  {what}{mark}")
 
 
 @job.command("cancel")

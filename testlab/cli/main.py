@@ -10,7 +10,7 @@ import sys
 import click
 from sqlalchemy.exc import OperationalError
 
-from testlab.cli import admin, image, jobs, lab, notify, results, run, sim, web
+from testlab.cli import admin, image, jobs, lab, lifecycle, notify, results, run, sim, web
 from testlab.db.session import Conflict, SchemaOutOfDate, upgrade
 from testlab.domain.errors import DefinitionError
 from testlab.hypervisor.base import HypervisorError
@@ -68,6 +68,7 @@ jobs.register(cli)
 results.register(cli)
 notify.register(cli)
 admin.register(cli)
+lifecycle.register(cli)
 run.register(cli)
 sim.register(cli)
 image.register(cli)

@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task
 from testlab.domain.jobfile import selected_by
+from testlab.lifecycle import FAILING, Use, Wipe
 from testlab.results import classify
 from testlab.services.results import job_verdict, task_problems
+from testlab.services.uses import uses_before
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -60,6 +62,9 @@ def vm_view(vm: VM, host_name: str) -> dict[str, Any]:
         "operation": vm.operation,
         "operation_deadline": _time(vm.operation_deadline),
         "description": vm.description,
+        "wipe": vm.wipe,  # every-task | reuse (docs/lifecycle.md)
+        "uses_since_wipe": vm.uses,
+        "wipe_requested": vm.wipe_requested,
     }
 
 
@@ -175,6 +180,36 @@ def _pool_waits(session: Session, steps: list[Step], tasks: list[Task]) -> dict[
     return found
 
 
+def use_view(use: Use) -> dict[str, Any]:
+    """One use of a VM as the API and `vm history` show it."""
+    return {
+        "id": use.use_id,
+        "kind": use.kind,
+        "job": use.job,
+        "step": use.step,
+        "task": use.task,
+        "actor": use.actor,
+        "started": _time(use.started),
+        "ended": _time(use.ended),
+        "outcome": use.outcome,
+        "concurrent": use.concurrent,
+    }
+
+
+def _reused_failures(session: Session, tasks: list[Task]) -> dict[int, list[dict[str, Any]]]:
+    """For each task that failed on a reused VM, the VM's earlier uses since its last wipe, newest
+    first (concurrent ones marked): what to look at before blaming the task itself."""
+    failed = [t for t in tasks if t.status in FAILING and t.vm_id is not None]
+    if not failed:
+        return {}
+    reused = set(
+        session.scalars(
+            select(VM.id).where(VM.id.in_({t.vm_id for t in failed}), VM.wipe == Wipe.REUSE)
+        ).all()
+    )
+    return {t.id: [use_view(use) for use in uses_before(session, t.id)] for t in failed if t.vm_id in reused}
+
+
 def job_view(session: Session, job: Job) -> dict[str, Any]:
     """The job with its steps and tasks; each task with its verdict (how it ended, in one line: see
     testlab/results/classify.py), the job with its test verdict against the reference runs."""
@@ -202,6 +237,7 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
         else {}
     )
     problems = task_problems(session, job.id)
+    reused = _reused_failures(session, tasks)
     verdict = job_verdict(session, job)
     view = job_summary(job)
     view["cancel_requested"] = job.cancel_requested
@@ -221,6 +257,8 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
             "after": names.get(step.depends_on_id) if step.depends_on_id else None,
             "status": step.status,
             "labels": list(step.pool_labels or ()) or None,  # a pool step: its tasks run on any such VM
+            "prepare": step.prepare,
+            "clean": step.clean,
             "command": step.command,
             "timeout": step.timeout,
             "started": _time(step.started),
@@ -249,6 +287,10 @@ def job_view(session: Session, job: Job) -> dict[str, Any]:
                     ),
                     "started": _time(t.started),
                     "ended": _time(t.ended),
+                    # The VM's uses since its last wipe, when the task ended (or started, while it runs).
+                    "history": t.history_at_end or t.history_at_start,
+                    # A failure on a reused VM: who used the VM before it since its last wipe.
+                    "used_before": reused.get(t.id),
                 }
                 for t in by_step.get(step.id, [])
             ],

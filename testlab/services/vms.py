@@ -74,6 +74,19 @@ def enable(session: Session, vm: VM, *, by: str = "admin") -> str:
     return f"vm {vm.name} is enabled"
 
 
+def request_wipe(session: Session, vm: VM, *, by: str = "admin") -> str:
+    """Have the VM wiped (reverted, reinstalled) before its next use. An idle VM becomes dirty at once;
+    a VM running a task is wiped after it; one already due for a revert only keeps the request."""
+    if vm.status in (VMStatus.IDLE, VMStatus.SLEEPING) and vm.operation is None:
+        set_vm_status(session, vm, VMStatus.DIRTY, f"wipe requested by {by}")
+        return f"vm {vm.name} will be wiped before its next use"
+    vm.wipe_requested = True
+    record_event(session, "vm", f"wipe requested by {by}", vm=vm)
+    if vm.status == VMStatus.RUNNING or vm.operation is not None:
+        return f"vm {vm.name} will be wiped once its current {vm.operation or 'task'} is over"
+    return f"vm {vm.name} will be wiped before its next use"
+
+
 def set_host_status(session: Session, host: Host, status: str, *, by: str = "admin") -> str:
     """An administrator marks a host down (nothing on it is touched until it is up again) or up (its
     error count starts afresh, whoever took it down)."""
