@@ -38,8 +38,10 @@ def make_lab(
     hosts: dict[str, list[str]],
     limits: str = "",
     shared: dict[str, tuple[str, str]] | None = None,
+    vm_options: str = "",
 ) -> None:
-    """hosts: host name -> VM names. shared: VM name -> (domain, snapshot) for VMs sharing a domain."""
+    """hosts: host name -> VM names. shared: VM name -> (domain, snapshot) for VMs sharing a domain.
+    vm_options: more keys for every VM (`wipe: reuse`)."""
     shared = shared or {}
     lines = ["hosts:"]
     for host in hosts:
@@ -53,7 +55,9 @@ def make_lab(
         for vm in vms:
             domain, snapshot = shared.get(vm, (vm, "clean"))
             lines.append(
-                f"  - {{name: {vm}, host: {host}, domain: {domain}, snapshot: {snapshot}, labels: [all]}}"
+                f"  - {{name: {vm}, host: {host}, domain: {domain}, snapshot: {snapshot}, labels: [all]"
+                + (f", {vm_options}" if vm_options else "")
+                + "}"
             )
     lab = parse_lab_text("\n".join(lines) + "\n", "test lab", root)
     settings.home.mkdir(parents=True, exist_ok=True)
