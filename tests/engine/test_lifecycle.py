@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from testlab.cli.main import cli
 from testlab.db.models import VM, Event, Task
 from testlab.db.session import session_scope
 from testlab.lifecycle import HistoryEntry, parse_history, render_history
+from testlab.web.app import create_app
+from testlab.web.options import WebOptions
 from tests.engine.harness import check_history, make_lab, submit, wait_for_jobs
 
 pytestmark = pytest.mark.slow
@@ -110,6 +113,12 @@ def test_a_damaging_job_is_listed_before_the_failure_it_caused_and_a_wipe_starts
     entries = parse_history(task["history"])
     assert render_history(entries) == expected
     assert entries[-1] == HistoryEntry("task", step="test", own=True)
+    with TestClient(create_app(settings, WebOptions(anonymous=True))) as web:
+        page = web.get(f"/jobs/{victim}").text
+    assert (
+        "Used since its last wipe" in page and f'<a href="/jobs/{damage}">job {damage}</a> step scrub' in page
+    )
+    assert f"history: <code>{expected}</code>" in page
 
     # The failure wiped the VM (wipe_after_failure): the next job runs on a clean machine.
     before = _histories(settings)

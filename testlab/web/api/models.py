@@ -45,6 +45,21 @@ class JobPage(Shape):
     next: int | None  # pass as `before` for the next page; null on the last page
 
 
+class UseView(Shape):
+    """One use of a VM since its last wipe (docs/lifecycle.md)."""
+
+    id: int
+    kind: Literal["task", "prepare", "exec", "power-cycle"]
+    job: int | None
+    step: str | None
+    task: int | None
+    actor: str | None
+    started: str | None
+    ended: str | None
+    outcome: str | None
+    concurrent: bool
+
+
 class TaskView(Shape):
     id: int
     number: int
@@ -57,6 +72,8 @@ class TaskView(Shape):
     blocked: str | None
     started: str | None
     ended: str | None
+    history: str | None  # the VM's uses since its last wipe, as a history string
+    used_before: list[UseView] | None  # a failure on a reused VM: the earlier uses, newest first
 
 
 class StepView(Shape):
@@ -66,6 +83,8 @@ class StepView(Shape):
     status: str
     command: str
     timeout: float
+    prepare: bool
+    clean: bool
     started: str | None
     ended: str | None
     tasks: list[TaskView]
@@ -89,6 +108,9 @@ class VMView(Shape):
     operation: str | None
     operation_deadline: str | None
     description: str
+    wipe: Literal["every-task", "reuse"]
+    uses_since_wipe: int
+    wipe_requested: bool
 
 
 class VMPage(Shape):
