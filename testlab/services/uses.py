@@ -161,9 +161,10 @@ def lifecycles(
     ]
 
 
-def uses_before(session: Session, task_id: int) -> list[Use]:
+def uses_before(session: Session, task_id: int) -> list[Use] | None:
     """The uses of the task's VM that came before the task's (last) use in the same lifecycle,
-    newest first, each marked concurrent if it was still running when the task's use ended."""
+    newest first, each marked concurrent if it was still running when the task's use ended; None
+    when the rows are gone (`testlab gc`: the task's history string still tells)."""
     own = session.execute(
         select(VMUse.id, VMUse.vm_id, VMUse.wiped, VMUse.ended)
         .where(VMUse.task_id == task_id)
@@ -171,7 +172,7 @@ def uses_before(session: Session, task_id: int) -> list[Use]:
         .limit(1)
     ).first()
     if own is None:
-        return []
+        return None
     use_id, vm_id, wiped, ended = own
     lifecycle = VMUse.wiped.is_(None) if wiped is None else VMUse.wiped == wiped
     rows = session.execute(

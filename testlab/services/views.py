@@ -207,7 +207,8 @@ def _reused_failures(session: Session, tasks: list[Task]) -> dict[int, list[dict
             select(VM.id).where(VM.id.in_({t.vm_id for t in failed}), VM.wipe == Wipe.REUSE)
         ).all()
     )
-    return {t.id: [use_view(use) for use in uses_before(session, t.id)] for t in failed if t.vm_id in reused}
+    found = {t.id: uses_before(session, t.id) for t in failed if t.vm_id in reused}
+    return {task_id: [use_view(use) for use in uses] for task_id, uses in found.items() if uses is not None}
 
 
 def job_view(session: Session, job: Job) -> dict[str, Any]:

@@ -8,15 +8,16 @@ removes it, leaving the machine broken for whoever comes next until the VM is wi
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from testlab.cli.main import cli
-from testlab.db.models import VM, Event, Task
+from testlab.db.models import VM, Event, Task, VMUse, utcnow
 from testlab.db.session import session_scope
 from testlab.lifecycle import HistoryEntry, parse_history, render_history
 from testlab.web.app import create_app
@@ -135,6 +136,23 @@ def test_a_damaging_job_is_listed_before_the_failure_it_caused_and_a_wipe_starts
     shown = json.loads(_cli("job", "show", str(again), "--json"))
     assert shown["steps"][0]["tasks"][0]["history"] == ":test"
     check_history(settings)
+
+    # The records of wiped lifecycles go with `testlab gc`; the tasks' strings stay.
+    before = _histories(settings)
+    with session_scope(settings.database_url) as session:
+        session.execute(
+            update(VMUse).where(VMUse.wiped.is_not(None)).values(wiped=utcnow() - timedelta(days=40))
+        )
+    assert "would remove: 0 job(s)" in _cli("gc", "--older-than", "30d", "--dry-run")
+    assert "removed: 0 job(s)" in _cli("gc", "--older-than", "30d")
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(VMUse).where(VMUse.wiped.is_not(None))) == 0
+    assert _histories(settings) == before
+    shown = json.loads(_cli("job", "show", str(victim), "--json"))["steps"][0]["tasks"][0]
+    assert shown["history"] == expected and shown["used_before"] is None
+    assert [(u["job"], u["step"]) for u in json.loads(_cli("vm", "history", "r1", "--json"))] == [
+        (again, "test")
+    ]
 
 
 def test_reuse_runs_the_next_task_without_a_revert_until_max_uses(settings, tmp_path, engine_process):
