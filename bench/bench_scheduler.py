@@ -15,7 +15,7 @@ from testlab.scheduler import HostLimits, HostView, Snapshot, TaskView, VMView, 
 
 SIZES = (100, 1_000, 10_000)
 RUNS = 7
-TARGET_MS = 50.0  # at 10,000 VMs / 100,000 tasks
+TARGET_MS = 10.0  # median at 10,000 VMs / 100,000 tasks
 
 STATUS_WEIGHTS = {
     "off": 40,
@@ -111,8 +111,11 @@ def main() -> int:
         previous, previous_floor, last_median = median, bare, median
     print("sizes grow tenfold: 'x prev' near 10 is linear growth. The bare pass over the tasks shows")
     print("how much of any excess is memory (larger working sets miss the CPU caches), not the algorithm.")
-    verdict = "met" if last_median < TARGET_MS else "MISSED"
-    print(f"target at {SIZES[-1]} VMs: {verdict} ({last_median:.1f} ms median)")
+    verdict = "met" if last_median <= TARGET_MS else "MISSED"
+    print(
+        f"target at {SIZES[-1]} VMs: {verdict} ({last_median:.1f} ms median, {last_median / TARGET_MS:.2f}x"
+        f" the {TARGET_MS:g} ms target)"
+    )
     return 0
 
 

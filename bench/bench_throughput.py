@@ -2,10 +2,12 @@
 
 Run: python bench/bench_throughput.py [--quick] [--rounds N] [--postgres]
 
-For each configuration (1 VM x 50 tasks, 4 VMs x 200 tasks; --quick: 1 x 10, 4 x 40) a fresh lab of
-one host whose limits let every VM revert and run at once, and a fresh `python -m testlab engine`. Each
-VM runs one warm-up task first; then the bench process submits the N jobs (one task each, `true`, on
-the VMs in turn) in one transaction. The window runs from that commit until every VM is reverted and
+For each configuration (1 VM x 50 tasks, 4 VMs x 200 tasks, and 4 VMs x 200 tasks as one pool job;
+--quick: 1 x 10, 4 x 40, 4 x 40 pooled) a fresh lab of one host whose limits let every VM revert and run
+at once, and a fresh `python -m testlab engine`. Each VM runs one warm-up task first; then the bench
+process submits, in one transaction, the N jobs (one task each, `true`, on the VMs in turn) or, pooled,
+one job of one step with `labels` that every VM carries and `count: N` (N tasks `true`, each on
+whichever VM of the pool is free). The window runs from that commit until every VM is reverted and
 idle again, so it holds N tasks and N reverts. Rounds alternate the configurations (a noisy
 neighbour skews both alike) and the medians are printed:
 
@@ -22,8 +24,8 @@ Then, on a 1-VM lab with the VM ready: the engine's CPU while it has nothing to 
 engine) to its command running, measured from the submission's commit to the moment the command
 itself records that it started.
 
-Every job here names its VM. A pool-targeted variant (one job of N tasks with `labels` and `count`,
-each on whichever VM of the pool is free) will be one more job text in `Round`.
+The pooled configuration measures what pool targeting costs against naming the VMs: the same tasks,
+the engine choosing each task's VM when it starts.
 """
 
 from __future__ import annotations
@@ -185,6 +187,11 @@ def _job(name: str, vm: str, run: str) -> str:
     return f"name: {name}\nsteps:\n  - {{name: s, vms: [{vm}], run: '{run}'}}\n"
 
 
+def _pool_job(name: str, tasks: int, run: str) -> str:
+    """One step of `tasks` tasks, each on any VM carrying the label `all` (every VM of the lab has it)."""
+    return f"name: {name}\nsteps:\n  - {{name: s, labels: [all], count: {tasks}, run: '{run}'}}\n"
+
+
 def submit_all(settings: Settings, directory: Path, jobs: list[tuple[str, str]]) -> list[int]:
     """Submit the jobs (name, text) in one transaction, as `testlab job submit` would each."""
     parsed = []
@@ -266,6 +273,7 @@ class Round:
     wall: float
     engine_cpu: float
     lab_cpu: float
+    pooled: bool = False
 
     @property
     def cycle_ms(self) -> float:
@@ -284,10 +292,15 @@ class Round:
         return self.lab_cpu / self.tasks * 1000
 
 
-def throughput(root: Path, vm_count: int, tasks: int, database_url: str, cpu: LabCPU) -> Round:
+def throughput(
+    root: Path, vm_count: int, tasks: int, database_url: str, cpu: LabCPU, pooled: bool = False
+) -> Round:
     lab = Lab.start(root, vm_count, database_url, cpu)
     try:
-        jobs = [(f"t{n}", _job(f"t{n}", lab.vms[n % vm_count], "true")) for n in range(tasks)]
+        if pooled:
+            jobs = [("pool", _pool_job("pool", tasks, "true"))]
+        else:
+            jobs = [(f"t{n}", _job(f"t{n}", lab.vms[n % vm_count], "true")) for n in range(tasks)]
         ids = submit_all(lab.settings, lab.jobs, jobs)
         engine_before, lab_before = own_cpu(lab.engine.pid), cpu.total()
         started = time.time()
@@ -299,6 +312,7 @@ def throughput(root: Path, vm_count: int, tasks: int, database_url: str, cpu: La
             ended - started,
             own_cpu(lab.engine.pid) - engine_before,
             cpu.total() - lab_before,
+            pooled,
         )
     finally:
         lab.close()
@@ -347,13 +361,18 @@ def _spread(values: list[float], unit: str, digits: int = 1) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 VM x 10 and 4 VMs x 40 tasks, 1 round")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 VM x 10, 4 VMs x 40 tasks and 4 x 40 pooled, 1 round"
+    )
     parser.add_argument("--rounds", type=int, help="rounds of each configuration (default 3, --quick 1)")
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle engine window (default 10)")
     parser.add_argument("--latency-runs", type=int, default=15, help="submissions timed (default 15)")
     parser.add_argument("--postgres", action="store_true", help="a throw-away PostgreSQL instead of SQLite")
     args = parser.parse_args()
-    configs = [(1, 10), (4, 40)] if args.quick else [(1, 50), (4, 200)]
+    # (VMs, tasks, pooled: one job of `count` tasks on any VM of the pool rather than one job per task)
+    configs = [(1, 10, False), (4, 40, False), (4, 40, True)]
+    if not args.quick:
+        configs = [(1, 50, False), (4, 200, False), (4, 200, True)]
     rounds = args.rounds or (1 if args.quick else 3)
     cpu = LabCPU()
     server = None
@@ -366,17 +385,19 @@ def main() -> None:
         return server.create_database("bench") if server else f"sqlite:///{home / 'home' / 'testlab.db'}"
 
     base = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
-    results: dict[tuple[int, int], list[Round]] = {config: [] for config in configs}
+    results: dict[tuple[int, int, bool], list[Round]] = {config: [] for config in configs}
     kind = "PostgreSQL" if server else "SQLite"
     print(f"local sandbox VMs, one host, {kind}, the engine a separate process; {os.cpu_count()} cores")
     try:
         for round_no in range(rounds):
-            for vms, tasks in configs:
-                root = base / f"r{round_no}-{vms}x{tasks}"
-                results[(vms, tasks)].append(throughput(root, vms, tasks, database(root), cpu))
-        for (vms, tasks), runs in results.items():
+            for vms, tasks, pooled in configs:
+                root = base / f"r{round_no}-{vms}x{tasks}{'-pool' if pooled else ''}"
+                run = throughput(root, vms, tasks, database(root), cpu, pooled)
+                results[(vms, tasks, pooled)].append(run)
+        for (vms, tasks, pooled), runs in results.items():
             rounds_text = f"{len(runs)} rounds, medians" if len(runs) > 1 else "1 round"
-            print(f"{vms} VM{'s' if vms > 1 else ''} x {tasks} trivial tasks ({rounds_text}):")
+            how = f", one pool job (labels, count: {tasks})" if pooled else ""
+            print(f"{vms} VM{'s' if vms > 1 else ''} x {tasks} trivial tasks{how} ({rounds_text}):")
             print(f"  cycle per task (wall x VMs / tasks): {_spread([r.cycle_ms for r in runs], 'ms')}")
             print(f"  tasks/s:                             {_spread([r.tasks_per_s for r in runs], '')}")
             print(f"  engine CPU per task:                 {_spread([r.engine_ms for r in runs], 'ms')}")
