@@ -40,6 +40,14 @@ from testlab.services.uses import end_task_use, reuse_policy, wipe_lifecycle
 DISK_SHORT = "short of disk"
 
 
+def _locked_vm(session: Session, vm_id: int) -> VM:
+    """The VM row, locked until the commit on PostgreSQL (SQLite's writers already hold the write
+    lock): an administrator's change of the VM waits for this outcome instead of invalidating it.
+    Without the lock, a command changing the VM in a tight loop (maintenance on, off, on...) made
+    every retry of a task's end conflict, and the task stayed `running` until its deadline."""
+    return session.get(VM, vm_id, with_for_update=True)
+
+
 def _size(count: int | None) -> str:
     return "unknown" if count is None else f"{count / (1 << 30):.1f} GiB"
 
@@ -52,18 +60,18 @@ class Outcomes:
     # ---------------------------------------------------------------- VMs
 
     def revert_settling(self, session: Session, vm_id: int, boot_id: str) -> None:
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         vm.boot_id = boot_id
         set_vm_status(session, vm, VMStatus.SLEEPING, f"reverted (agent boot {boot_id[:8]}); settling")
 
     def revert_done(self, session: Session, vm_id: int, boot_id: str) -> None:
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         vm.boot_id = boot_id
         self._host_works(session, vm)
         end_operation(session, vm, VMStatus.IDLE, f"reverted to {vm.snapshot}, agent boot {boot_id[:8]}")
 
     def poweroff_done(self, session: Session, vm_id: int) -> None:
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         vm.boot_id = None
         self._host_works(session, vm)
         wipe_lifecycle(session, vm, utcnow())  # an off VM is always reverted before its next use
@@ -71,7 +79,7 @@ class Outcomes:
 
     def vm_error(self, session: Session, vm_id: int, reason: str) -> None:
         """An infrastructure error of the VM counts against it; at the limit it goes offline."""
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         vm.errors += 1
         vm.boot_id = None
         if vm.errors < self.options.max_vm_errors:
@@ -93,7 +101,7 @@ class Outcomes:
     def host_error(self, session: Session, vm_id: int, reason: str) -> None:
         """The VM's host could not be reached: the host is charged, not the VM, whose state is now
         unknown (dirty); a task it ran is requeued without using a try."""
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         task = self._running_task(session, vm)
         if task is not None:
             self._requeue(session, task, reason, count_try=False)
@@ -191,7 +199,7 @@ class Outcomes:
         if task.status != TaskStatus.RUNNING:
             return  # already recorded (a re-run of this transaction, or a watchdog got there first)
         job = session.get(Job, task.job_id)
-        vm = session.get(VM, task.vm_id)
+        vm = _locked_vm(session, task.vm_id)
         if state == "killed" and vm.abort_requested and not job.cancel_requested:
             self._requeue(session, task, "aborted for maintenance", count_try=False)
             end_operation(session, vm, VMStatus.DIRTY, "aborted for maintenance", task=task)
@@ -268,7 +276,7 @@ class Outcomes:
         task = session.get(Task, task_id)
         if task.status != TaskStatus.RUNNING:
             return
-        vm = session.get(VM, task.vm_id)
+        vm = _locked_vm(session, task.vm_id)
         self._requeue(session, task, reason, count_try=count_try)
         if vm.status == VMStatus.RUNNING or vm.operation == "task":
             if vm_error:
@@ -298,7 +306,7 @@ class Outcomes:
     def operation_expired(self, session: Session, vm_id: int) -> None:
         """An operation outlived its deadline with nothing left driving it: release the VM as after
         an infrastructure error, and requeue the task it was running."""
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         if vm.operation is None or vm.operation_deadline is None or vm.operation_deadline >= utcnow():
             return
         reason = f"{vm.operation} operation overran its deadline"
@@ -312,7 +320,7 @@ class Outcomes:
             self.vm_error(session, vm.id, reason)
 
     def monitor_begin(self, session: Session, vm_id: int) -> bool:
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         if vm.status != VMStatus.OFFLINE or vm.operation is not None:
             return False
         now = utcnow()
@@ -321,7 +329,7 @@ class Outcomes:
         return True
 
     def monitor_result(self, session: Session, vm_id: int, ok: bool, reason: str) -> None:
-        vm = session.get(VM, vm_id)
+        vm = _locked_vm(session, vm_id)
         clear_operation(vm)
         if vm.status != VMStatus.OFFLINE:
             return
