@@ -47,6 +47,7 @@ log = logging.getLogger("testlab.engine")
 
 SHUTDOWN_GRACE = 5.0  # seconds a stopping engine gives its connections to close
 FIRST_CHECKS_WAIT = 5.0  # seconds a starting engine waits for its hosts' first health checks
+DEMAND_REFRESH = 60.0  # seconds a count of the VMs' recent tasks (a keep-ready tie-breaker) is reused
 
 
 class DatabaseOutage(Exception):
@@ -73,6 +74,8 @@ class Engine:
         self.blocked: dict[str, str] | None = None  # as last stored
         self.exit_code = 0
         self.rounds = 0
+        self._demand: dict[int, int] = {}
+        self._demand_read = -DEMAND_REFRESH  # never: the first round counts
         self._planner = DaemonThreadPool(1, "testlab-plan")
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -262,8 +265,17 @@ class Engine:
 
     async def _round(self) -> None:
         self.rounds += 1
-        self.connections.configure(await self.db.read(reading.host_configs))
-        view = await self.db.read(reading.read_round, self.options, frozenset(self.inflight), time.time())
+        fresh = time.monotonic() - self._demand_read < DEMAND_REFRESH
+        view = await self.db.read(
+            reading.read_round,
+            self.options,
+            frozenset(self.inflight),
+            time.time(),
+            self._demand if fresh else None,
+        )
+        if not fresh:
+            self._demand, self._demand_read = view.demand, time.monotonic()
+        self.connections.configure(view.host_configs)
         self._drop_stale_followers(view.running)
         paused, notices = self.disk.check()
         for notice in notices:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testlab.db.models import VM
+from testlab.hypervisor import HostConfig
 from testlab.scheduler.snapshot import Snapshot
 
 
@@ -96,3 +97,5 @@ class View:
     expired: list[VMRef] = field(default_factory=list)  # operations past their deadline
     host_checks: list[HostCheck] = field(default_factory=list)
     running: dict[int, str] = field(default_factory=dict)  # running task id -> its command id
+    host_configs: list[HostConfig] = field(default_factory=list)  # the lab's hosts, as of this read
+    demand: dict[int, int] = field(default_factory=dict)  # VM id -> tasks it ran in the last day
