@@ -37,7 +37,7 @@ from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
-from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork
+from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork, View
 from testlab.metrics import OPERATION_SECONDS, ROUND_SECONDS
 from testlab.scheduler import PowerOff, plan
 from testlab.services.jobs import recover_staged_jobs
@@ -74,6 +74,7 @@ class Engine:
         self.blocked: dict[str, str] | None = None  # as last stored
         self.exit_code = 0
         self.rounds = 0
+        self._next_wait = self.options.tick
         self._demand: dict[int, int] = {}
         self._demand_read = -DEMAND_REFRESH  # never: the first round counts
         self._planner = DaemonThreadPool(1, "testlab-plan")
@@ -180,7 +181,7 @@ class Engine:
                 if until is not None and await asyncio.to_thread(until):
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.options.tick)
+                    await asyncio.wait_for(self._wake.wait(), self._next_wait)
                 self._wake.clear()
         finally:
             poller.cancel()
@@ -263,6 +264,17 @@ class Engine:
 
     # ------------------------------------------------------------------ one round
 
+    def _wait_after(self, view: View) -> float:
+        """How long the next round may wait for a wake-up: a tick while anything is queued or in
+        flight, else until the next due check (an idle engine wakes every `idle_tick` at most)."""
+        tick = self.options.tick
+        if self.inflight or view.snapshot.tasks or view.to_kill:
+            return tick
+        if view.next_due is None:
+            return max(tick, self.options.idle_tick)
+        until = (view.next_due - utcnow()).total_seconds()
+        return min(max(tick, until), max(tick, self.options.idle_tick))
+
     async def _round(self) -> None:
         self.rounds += 1
         fresh = time.monotonic() - self._demand_read < DEMAND_REFRESH
@@ -275,6 +287,7 @@ class Engine:
         )
         if not fresh:
             self._demand, self._demand_read = view.demand, time.monotonic()
+        self._next_wait = self._wait_after(view)
         self.connections.configure(view.host_configs)
         self._drop_stale_followers(view.running)
         paused, notices = self.disk.check()

@@ -27,6 +27,9 @@ class EngineOptions:
     monitor_timeout: float = 360.0
     poll_interval: float = 1.0  # how often the event history is polled: writers' wake-ups are lost at times
     tick: float = 1.0  # re-plan at least this often (deadlines, monitor)
+    # With nothing queued or in flight, re-plan this often at most: a wake-up, or the next due
+    # check (an operation's deadline, a monitor or host check), comes first.
+    idle_tick: float = 10.0
     lease_ttl: float = 15.0  # an engine that stops renewing its lease for this long is presumed dead
     round_backoff_cap: float = 30.0  # longest wait before retrying after a planning round failed
 

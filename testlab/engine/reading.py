@@ -93,7 +93,22 @@ def read_round(
         running=running,
         host_configs=[host_config(h) for h in hosts],
         demand=demand,
+        next_due=_next_due(hosts, vms, options),
     )
+
+
+def _next_due(hosts: list[Host], vms: list[VM], options: EngineOptions) -> datetime | None:
+    """The earliest moment something becomes due without any write to tell the engine: an
+    operation's deadline, an offline VM's or a down host's next check, an up host's health check."""
+    due = [vm.operation_deadline for vm in vms if vm.operation_deadline is not None]
+    due += [vm.next_check for vm in vms if vm.status == VMStatus.OFFLINE and vm.next_check is not None]
+    for host in hosts:
+        if host.status == HostStatus.DOWN:
+            if host.next_check is not None:
+                due.append(host.next_check)
+        elif host.health_checked is not None:
+            due.append(host.health_checked + timedelta(seconds=options.host_check_interval))
+    return min(due, default=None)
 
 
 def recent_demand(session: Session) -> dict[int, int]:

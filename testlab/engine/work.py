@@ -6,6 +6,7 @@ Plain data, so operations never touch ORM objects (which belong to the database 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from testlab.db.models import VM
@@ -99,3 +100,4 @@ class View:
     running: dict[int, str] = field(default_factory=dict)  # running task id -> its command id
     host_configs: list[HostConfig] = field(default_factory=list)  # the lab's hosts, as of this read
     demand: dict[int, int] = field(default_factory=dict)  # VM id -> tasks it ran in the last day
+    next_due: datetime | None = None  # the next deadline or check a later round must see to
