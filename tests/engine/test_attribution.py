@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from testlab.db.models import VM, Event, Host
+from testlab.db.models import VM, Event, Host, VMUse
 from testlab.db.session import session_scope, upgrade
 from testlab.domain.labfile import parse_lab_text
 from testlab.services.lab import apply_lab
@@ -110,6 +110,9 @@ def test_a_host_power_cycle_requeues_its_running_task_at_once(
     assert task["tries"] == 2
     assert vm_status(settings, "p1")["errors"] == 0
     assert not any("error 1" in reason for reason in events_of(settings, "p1")), "the VM was not charged"
+    with session_scope(settings.database_url) as session:  # a use of the machine outside any job
+        uses = session.execute(select(VMUse.kind, VMUse.actor).order_by(VMUse.id)).all()
+    assert ("power-cycle", "tester") in uses, uses
 
 
 def test_a_reboot_under_a_running_command_is_not_a_test_failure(
