@@ -32,6 +32,7 @@ from testlab.agent.errors import (
     AgentError,
     AgentUnreachable,
     AuthenticationRefused,
+    BootChanged,
     CommandUnknown,
     ProtocolError,
     Retryable,
@@ -46,6 +47,7 @@ __all__ = [
     "AgentInfo",
     "AgentUnreachable",
     "AuthenticationRefused",
+    "BootChanged",
     "CommandState",
     "CommandUnknown",
     "ProtocolError",
@@ -218,6 +220,8 @@ class AgentClient:
             raise AuthenticationRefused(detail)
         if status == 404 and code == "unknown_command":
             raise CommandUnknown(detail)
+        if status == 409 and code == "boot_changed":
+            raise BootChanged(detail)
         if status == 404 and code == "unknown_upload":
             raise UploadLost(detail)
         if status in (502, 503, 504):
@@ -434,11 +438,17 @@ class AgentClient:
         cwd: str = ".",
         env: dict[str, str] | None = None,
         timeout: float | None = None,
+        boot_id: str | None = None,
     ) -> CommandState:
-        """Starts a command once: repeating the call with the same id returns the existing command."""
+        """Starts a command once: repeating the call with the same id returns the existing command.
+
+        With `boot_id`, the agent starts nothing unless that is its boot id (BootChanged): the VM has
+        not rebooted since it was prepared, checked in the same request that starts the command."""
         if (shell is None) == (argv is None):
             raise ValueError("give exactly one of shell= and argv=")
         body: dict[str, Any] = {"id": command_id, "cwd": cwd, "env": env or {}, "timeout": timeout}
+        if boot_id is not None:
+            body["boot_id"] = boot_id
         if shell is not None:
             body["shell"] = shell
         else:

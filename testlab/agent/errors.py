@@ -19,6 +19,10 @@ class CommandUnknown(AgentError):
     """The command is gone: the VM was reverted or rebooted, so its work is lost."""
 
 
+class BootChanged(CommandUnknown):
+    """A start was refused: the agent is not the one (boot id) the caller prepared the VM for."""
+
+
 class ProtocolError(AgentError):
     """The agent refused the request (bad path, too large...) or answered something unexpected.
 

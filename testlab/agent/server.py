@@ -702,6 +702,13 @@ class CommandStore:
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not _positive(timeout)
         ):
             raise RequestError(400, "'timeout' must be a positive, finite number of seconds")
+        expected_boot = body.get("boot_id")
+        if expected_boot is not None and not isinstance(expected_boot, str):
+            raise RequestError(400, "'boot_id' must be a string")
+        if expected_boot is not None and expected_boot != self.boot_id:
+            raise RequestError(
+                409, f"this agent's boot id is {self.boot_id}, not {expected_boot}", "boot_changed"
+            )
         cwd = body.get("cwd", ".")
         cwd_abs = self.ws.resolve(cwd, allow_root=True, what="cwd")
         with self._start_lock:

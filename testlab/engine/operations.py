@@ -25,6 +25,7 @@ from testlab.agent.client import (
     AgentClient,
     AgentError,
     AgentUnreachable,
+    BootChanged,
     CommandState,
     CommandUnknown,
     ProtocolError,
@@ -215,9 +216,6 @@ class Operations:
         return ""
 
     async def _start(self, agent: AgentClient, work: TaskWork) -> Path:
-        info = await agent.info()
-        if info.boot_id != work.boot_id:
-            raise CommandUnknown(f"the VM rebooted before the task started (boot {info.boot_id[:8]})")
         output = await asyncio.to_thread(files.fresh_output_dir, work)
         to_upload = await asyncio.to_thread(files.uploads, work)
         await self.fence()
@@ -228,9 +226,17 @@ class Operations:
 
         await self._within_transfer_deadline("uploading the job's files", send())
         await self.fence()
-        await agent.start(
-            work.command_id, shell=work.command, cwd=work.remote_dir, env=work.env, timeout=work.timeout
-        )
+        try:
+            await agent.start(
+                work.command_id,
+                shell=work.command,
+                cwd=work.remote_dir,
+                env=work.env,
+                timeout=work.timeout,
+                boot_id=work.boot_id,
+            )
+        except BootChanged as changed:
+            raise CommandUnknown(f"the VM rebooted before the task started ({changed})") from None
         return output
 
     async def _within_transfer_deadline(self, what: str, transfer: Awaitable):

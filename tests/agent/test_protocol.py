@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testlab.agent.client import AgentClient, CommandState, CommandUnknown, ProtocolError
+from testlab.agent.client import AgentClient, BootChanged, CommandState, CommandUnknown, ProtocolError
 from tests.agent.conftest import AgentProcess, run
 
 
@@ -69,6 +69,26 @@ def test_start_is_idempotent_by_id(agent: AgentProcess) -> None:
 
     run(scenario())
     assert (agent.workdir / "runs.txt").read_text() == "run\n"
+
+
+def test_a_start_for_another_boot_starts_nothing(agent: AgentProcess) -> None:
+    """The engine names the boot it prepared the VM for; an agent that restarted since refuses."""
+
+    async def scenario() -> None:
+        async with client(agent) as c:
+            with pytest.raises(BootChanged, match="boot_changed|boot id"):
+                await c.start("stale", shell="echo run >> runs.txt", boot_id="0" * 32)
+            with pytest.raises(CommandUnknown):
+                await c.status("stale")
+            with pytest.raises(ProtocolError, match="'boot_id' must be a string"):
+                await c._json(
+                    "POST", "/v1/commands", "start", json={"id": "x", "argv": ["true"], "boot_id": 7}
+                )
+            started = await c.start("fresh", argv=["true"], boot_id=agent.boot_id)
+            assert started.boot_id == agent.boot_id
+
+    run(scenario())
+    assert not (agent.workdir / "runs.txt").exists()
 
 
 def test_unknown_command_and_bad_command(agent: AgentProcess) -> None:
