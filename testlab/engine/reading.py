@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session, aliased
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
@@ -19,6 +19,27 @@ from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits, HostView, Snaps
 from testlab.services.hosts import host_config
 
 DEMAND_WINDOW = timedelta(days=1)
+
+# Built once: a round runs these every time, and building a statement costs more than running it.
+# Hosts and VMs are read as plain rows: the round only reads them, and ORM objects cost twice as much.
+_HOSTS = select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False))
+_VMS = select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED)
+_RUNNING = select(Task.id, Task.command_id).where(Task.status == TaskStatus.RUNNING)
+_TO_KILL = (
+    select(
+        Task.id.label("task_id"),
+        Task.command_id,
+        Task.agent_url.label("task_agent_url"),
+        Job.cancel_requested,
+        *VM.__table__.c,
+    )
+    .join(VM, Task.vm_id == VM.id)
+    .join(Job, Task.job_id == Job.id)
+    .where(
+        Task.status == TaskStatus.RUNNING,
+        (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)),
+    )
+)
 
 
 def last_event_id(session: Session) -> int:
@@ -39,13 +60,11 @@ def read_round(
     """The round's view. `demand` (tasks per VM over the last day, only a tie-breaker for keeping VMs
     ready) is counted when not given: the engine passes the last count while it is recent, sparing
     a scan of the day's tasks at every round."""
-    hosts = session.scalars(select(Host).where(Host.retired.is_(False))).all()
+    hosts = session.execute(_HOSTS).all()
     host_names = {h.id: h.name for h in hosts}
     if demand is None:
         demand = recent_demand(session)
-    vms = [
-        vm for vm in session.scalars(select(VM).where(VM.role != VMRole.DELETED)) if vm.host_id in host_names
-    ]
+    vms = [vm for vm in session.execute(_VMS) if vm.host_id in host_names]
     snapshot = Snapshot(
         now=now,
         hosts={
@@ -74,9 +93,7 @@ def read_round(
         tasks=_queued_tasks(session, vms),
     )
     current = utcnow()
-    running = dict(
-        session.execute(select(Task.id, Task.command_id).where(Task.status == TaskStatus.RUNNING)).all()
-    )
+    running = dict(session.execute(_RUNNING).all())
     return View(
         snapshot=snapshot,
         vm_versions={vm.name: vm.version for vm in vms},
@@ -97,7 +114,7 @@ def read_round(
     )
 
 
-def _next_due(hosts: list[Host], vms: list[VM], options: EngineOptions) -> datetime | None:
+def _next_due(hosts: list[Row], vms: list[Row], options: EngineOptions) -> datetime | None:
     """The earliest moment something becomes due without any write to tell the engine: an
     operation's deadline, an offline VM's or a down host's next check, an up host's health check."""
     due = [vm.operation_deadline for vm in vms if vm.operation_deadline is not None]
@@ -118,7 +135,7 @@ def recent_demand(session: Session) -> dict[int, int]:
     )
 
 
-def _short_of_disk(host: Host, options: EngineOptions) -> str | None:
+def _short_of_disk(host: Row, options: EngineOptions) -> str | None:
     threshold = host.min_free_disk or options.min_free_disk
     free = host.free_disk_bytes
     if not threshold or free is None or free >= threshold:
@@ -126,7 +143,7 @@ def _short_of_disk(host: Host, options: EngineOptions) -> str | None:
     return f"{free / (1 << 30):.1f} GiB of free disk, below its {threshold / (1 << 30):.1f} GiB"
 
 
-def _host_checks(hosts: list[Host], options: EngineOptions, now: datetime) -> list[HostCheck]:
+def _host_checks(hosts: list[Row], options: EngineOptions, now: datetime) -> list[HostCheck]:
     """Hosts the engine took down whose next check is due, and up hosts not checked for a while."""
     due = []
     for host in hosts:
@@ -186,30 +203,21 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
 
 
 def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWork]:
-    rows = session.execute(
-        select(Task, VM, Job.cancel_requested)
-        .join(VM, Task.vm_id == VM.id)
-        .join(Job, Task.job_id == Job.id)
-        .where(
-            Task.status == TaskStatus.RUNNING,
-            (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)),
-        )
-    ).all()
     return [
         KillWork(
-            task.id,
-            vm_ref(vm, host_names.get(vm.host_id, "")),
-            task.command_id or "",
-            task.agent_url,
-            "job canceled" if canceled else "maintenance with abort",
+            row.task_id,
+            vm_ref(row, host_names.get(row.host_id, "")),
+            row.command_id,
+            row.task_agent_url,
+            "job canceled" if row.cancel_requested else "maintenance with abort",
         )
-        for task, vm, canceled in rows
-        if task.command_id
+        for row in session.execute(_TO_KILL)
+        if row.command_id
     ]
 
 
 def _vms_to_monitor(
-    vms: list[VM], host_names: dict[int, str], inflight: frozenset[str], options: EngineOptions
+    vms: list[Row], host_names: dict[int, str], inflight: frozenset[str], options: EngineOptions
 ) -> list[MonitorWork]:
     now = utcnow()
     in_use = {

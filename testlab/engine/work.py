@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy import Row
+
 from testlab.db.models import VM
 from testlab.hypervisor import HostConfig
 from testlab.scheduler.snapshot import Snapshot
@@ -25,7 +27,7 @@ class VMRef:
     boot_id: str | None
 
 
-def vm_ref(vm: VM, host_name: str) -> VMRef:
+def vm_ref(vm: VM | Row, host_name: str) -> VMRef:
     return VMRef(vm.id, vm.name, host_name, vm.domain, vm.snapshot, vm.agent_url, vm.boot_id)
 
 

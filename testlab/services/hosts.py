@@ -26,7 +26,7 @@ from testlab.services.uses import begin_outside_use, end_outside_use
 from testlab.threads import call_with_deadline
 
 
-def host_config(host: Host | HostDef) -> HostConfig:
+def host_config(host: Host | HostDef | Row) -> HostConfig:
     """A host's connection settings, from its database row or its lab-file definition."""
     return HostConfig(
         name=host.name,
