@@ -468,28 +468,36 @@ class AgentClient:
 
     async def _output(
         self, command_id: str, offset: int, limit: int | None, wait: float
-    ) -> tuple[bytes, str, str]:
+    ) -> tuple[bytes, str, str, CommandState | None]:
+        """Output bytes, the command's state and boot id, and its whole final state when the command
+        has ended and these bytes are the last (agents that do not send it leave it None)."""
         params: dict[str, str] = {"offset": str(offset), "wait": f"{wait:.3f}"}
         if limit is not None:
             params["limit"] = str(limit)
         what = f"output of {command_id}"
 
-        async def attempt() -> tuple[bytes, str, str]:
+        async def attempt() -> tuple[bytes, str, str, CommandState | None]:
             resp = await self._http.get(
                 self._cmd_path(command_id, "/output"), params=params, timeout=self._timeout(wait)
             )
             self._check(resp, what)
+            final = resp.headers.get("X-Command-Final")
+            try:
+                state = _state(json.loads(final)) if final else None
+            except ValueError as exc:
+                raise ProtocolError(f"{what}: agent at {self.url} sent a malformed final state") from exc
             return (
                 resp.content,
                 resp.headers.get("X-Command-State", ""),
                 resp.headers.get("X-Command-Boot-Id", ""),
+                state,
             )
 
         return await self._retrying(what, attempt)
 
     async def read_output(self, command_id: str, offset: int = 0, limit: int | None = None) -> bytes:
         """Combined stdout+stderr from ``offset``; a short read does not mean the end: see ``wait``."""
-        data, _, _ = await self._output(command_id, offset, limit, 0.0)
+        data, _, _, _ = await self._output(command_id, offset, limit, 0.0)
         return data
 
     async def kill(self, command_id: str, *, wait: float = KILL_WAIT) -> CommandState:
@@ -536,14 +544,17 @@ class AgentClient:
                 if state.finished or (end is not None and time.monotonic() >= end):
                     return state
                 continue
-            data, state_name, cmd_boot = await self._output(command_id, offset, None, window)
+            data, state_name, cmd_boot, final = await self._output(command_id, offset, None, window)
             self._check_boot(command_id, cmd_boot, boot_id)
             if data:
                 offset += len(data)
                 result = on_output(data)
                 if inspect.isawaitable(result):
                     await result
-                continue
+                if final is None:
+                    continue
+            if final is not None:
+                return final
             if state_name in FINISHED_STATES or (end is not None and time.monotonic() >= end):
                 state = await self.status(command_id)
                 self._check_boot(command_id, state.boot_id, boot_id)

@@ -1239,6 +1239,9 @@ class Handler(BaseHTTPRequestHandler):
             "X-Command-State": st["state"],
             "X-Command-Boot-Id": st["boot_id"],
         }
+        if st["state"] in FINISHED and offset + len(data) >= size:
+            # The whole state once nothing is left to read: a follower needs no request of its own.
+            extra["X-Command-Final"] = json.dumps(st, separators=(",", ":"))
         self._send_bytes(200, data, "application/octet-stream", extra)
 
 

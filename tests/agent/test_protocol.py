@@ -91,6 +91,30 @@ def test_a_start_for_another_boot_starts_nothing(agent: AgentProcess) -> None:
     assert not (agent.workdir / "runs.txt").exists()
 
 
+def test_the_last_output_carries_the_final_state(agent: AgentProcess) -> None:
+    """Following a command to its end takes no status request after the last output."""
+
+    async def scenario() -> None:
+        async with client(agent) as c:
+            started = await c.start("short", shell="echo done; exit 4")
+            asked: list[str] = []
+
+            async def status(command_id: str, *, wait: float = 0) -> CommandState:
+                asked.append(command_id)
+                raise AssertionError("no status request expected")
+
+            c.status = status  # type: ignore[method-assign]
+            chunks: list[bytes] = []
+            final = await c.wait("short", boot_id=started.boot_id, on_output=chunks.append)
+            assert final.state == "exited" and final.exit_code == 4 and final.ended is not None
+            assert b"".join(chunks) == b"done\n" and asked == []
+            # Mid-output, nothing final is promised yet.
+            data, state, _, promised = await c._output("short", 0, 2, 0.0)
+            assert data == b"do" and state == "exited" and promised is None
+
+    run(scenario())
+
+
 def test_unknown_command_and_bad_command(agent: AgentProcess) -> None:
     async def scenario() -> None:
         async with client(agent) as c:
