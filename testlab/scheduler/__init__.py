@@ -1,6 +1,7 @@
 """The scheduler: a pure function from a snapshot of the lab to the actions of one round."""
 
 from testlab.scheduler.classify import SnapshotError
+from testlab.scheduler.heads import queue_heads
 from testlab.scheduler.plan import plan
 from testlab.scheduler.snapshot import (
     Action,
@@ -28,4 +29,5 @@ __all__ = [
     "TaskView",
     "VMView",
     "plan",
+    "queue_heads",
 ]

@@ -58,7 +58,11 @@ class TaskView:
 class Snapshot:
     """Everything plan() may look at. `tasks` holds the queued tasks in queue order (job priority,
     then job id, then step, then task id): the engine reads them in that order from the database;
-    use `Snapshot.build` to sort them when constructing snapshots by hand."""
+    use `Snapshot.build` to sort them when constructing snapshots by hand.
+
+    The engine passes only the queue heads (`testlab.scheduler.heads.queue_heads`: per VM its first
+    task of each stage, per pool as many as it has candidates), not the whole queue: the plan is the
+    same either way, and a round costs what the lab's size costs, not the queue's depth."""
 
     now: float
     hosts: Mapping[str, HostView]

@@ -28,7 +28,7 @@ limits = st.builds(
 
 
 @st.composite
-def labs(draw: st.DrawFn) -> Snapshot:
+def labs(draw: st.DrawFn, max_tasks: int = 15) -> Snapshot:
     n_hosts = draw(st.integers(1, 4))
     hosts = [
         HostView(name=f"h{i}", limits=draw(limits), up=draw(st.booleans() | st.just(True)))
@@ -62,7 +62,7 @@ def labs(draw: st.DrawFn) -> Snapshot:
             stage=draw(st.integers(0, 1)),
             candidates=draw(st.sampled_from(pools)) if pooled else (),
         )
-        for i, pooled in enumerate(draw(st.lists(st.booleans(), max_size=15)))
+        for i, pooled in enumerate(draw(st.lists(st.booleans(), max_size=max_tasks)))
     ]
     return Snapshot.build(now=0.0, hosts=hosts, vms=vms, tasks=tasks)
 
