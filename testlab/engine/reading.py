@@ -4,9 +4,10 @@ starts (kills, monitor checks, operations past their deadline)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, String, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
@@ -15,6 +16,7 @@ from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, View, vm_ref
 from testlab.hypervisor import HostConfig
+from testlab.scheduler.heads import pool_depth
 from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits, HostView, Snapshot, TaskView, VMView
 from testlab.services.hosts import host_config
 
@@ -158,47 +160,97 @@ def _host_checks(hosts: list[Row], options: EngineOptions, now: datetime) -> lis
 
 
 def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
+    """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
+    within its VM's or its pool's stage, so a deep queue is never read; only how many tasks of a pool
+    may matter (its number of candidates) is known here, and trimmed here."""
     vm_names = {vm.id: vm.name for vm in vms}
     pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
+    pools_by_text: dict[str | None, tuple[str, ...] | None] = {}  # labels as the database spells them
+    selectable: list[tuple[str, list[str], str]] = []
 
-    def candidates(labels: list[str]) -> tuple[str, ...]:
-        key = tuple(sorted(labels))
-        found = pools.get(key)
-        if found is None:
-            found = pools[key] = tuple(vm.name for vm in vms if selected_by(key, vm.labels or (), vm.role))
+    def pool_of(labels_text: str | None) -> tuple[str, ...] | None:
+        """The candidates of the pool a step's labels select; None for a step without labels."""
+        if labels_text in pools_by_text:
+            return pools_by_text[labels_text]
+        labels = json.loads(labels_text) if labels_text else None
+        found = None
+        if labels:
+            key = tuple(sorted(labels))
+            found = pools.get(key)
+            if found is None:
+                if not selectable:
+                    selectable.extend((vm.name, vm.labels or [], vm.role) for vm in vms)
+                found = pools[key] = tuple(
+                    name for name, vm_labels, role in selectable if selected_by(key, vm_labels, role)
+                )
+        pools_by_text[labels_text] = found
         return found
 
     dependency = aliased(Step)
-    rows = session.execute(
+    stage = case(
+        (dependency.status.is_(None) | (dependency.status == TaskStatus.COMPLETED), 0),
+        (dependency.status == TaskStatus.RUNNING, 1),
+    )
+    # Equal label lists in another order rank apart here (a few more rows), and as one pool below.
+    pool = case((Task.vm_id.is_(None), cast(Step.pool_labels, String)))
+    place = func.row_number().over(
+        partition_by=(Task.vm_id, pool, stage), order_by=(Job.priority, Job.id, Step.number, Task.id)
+    )
+    ranked = (
         select(
-            Task.id,
+            Task.id.label("task_id"),
             Task.vm_id,
-            Job.id,
+            Job.id.label("job_id"),
             Job.priority,
-            Step.id,
-            dependency.status,
-            Step.pool_labels,
+            Step.id.label("step_id"),
+            Step.number,
+            stage.label("stage"),
+            pool.label("pool_labels"),
             Step.clean,
+            place.label("place"),
         )
         .join(Step, Task.step_id == Step.id)
         .join(Job, Task.job_id == Job.id)
         .outerjoin(dependency, Step.depends_on_id == dependency.id)
-        .where(Task.status == TaskStatus.QUEUED, Job.cancel_requested.is_(False))
-        .order_by(Job.priority, Job.id, Step.number, Task.id)
+        .where(Task.status == TaskStatus.QUEUED, Job.cancel_requested.is_(False), stage.is_not(None))
+        .subquery()
+    )
+    deepest_pool = max(1, len(vms))
+    rows = session.execute(
+        select(
+            ranked.c.task_id,
+            ranked.c.vm_id,
+            ranked.c.job_id,
+            ranked.c.priority,
+            ranked.c.step_id,
+            ranked.c.stage,
+            ranked.c.pool_labels,
+            ranked.c.clean,
+        )
+        .where((ranked.c.place == 1) | (ranked.c.vm_id.is_(None) & (ranked.c.place <= deepest_pool)))
+        .order_by(ranked.c.priority, ranked.c.job_id, ranked.c.number, ranked.c.task_id)
     ).all()
     tasks = []
-    for task_id, vm_id, job_id, priority, step_id, dependency_status, pool_labels, clean in rows:
-        if dependency_status is None or dependency_status == TaskStatus.COMPLETED:
-            stage = 0
-        elif dependency_status == TaskStatus.RUNNING:
-            stage = 1
-        else:
-            continue
-        if vm_id is None and pool_labels:
-            pool = candidates(pool_labels)
-            tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage, pool, clean))
+    room: dict[tuple[int, int], int] = {}  # (pool, stage) -> how many more of its tasks may matter
+    for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:
+        if vm_id is None:
+            candidates_of_pool = pool_of(pool_labels)
+            if candidates_of_pool is None:
+                continue
+            key = (id(candidates_of_pool), stage_number)
+            left = room.get(key)
+            if left is None:
+                left = pool_depth(candidates_of_pool)
+            if not left:
+                continue
+            room[key] = left - 1
+            tasks.append(
+                TaskView(task_id, None, job_id, priority, step_id, stage_number, candidates_of_pool, clean)
+            )
         elif vm_id in vm_names:
-            tasks.append(TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage, clean=clean))
+            tasks.append(
+                TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage_number, clean=clean)
+            )
     return tuple(tasks)
 
 
