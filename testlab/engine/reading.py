@@ -161,8 +161,9 @@ def _host_checks(hosts: list[Row], options: EngineOptions, now: datetime) -> lis
 
 def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
     """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
-    within its VM's or its pool's stage, so a deep queue is never read; only how many tasks of a pool
-    may matter (its number of candidates) is known here, and trimmed here."""
+    within its VM's or its pool's stage, so a deep queue is never read. What only shows across
+    stages (a next-step task behind its VM's runnable one) or needs the lab (how many tasks of a
+    pool may matter: its number of candidates) is trimmed here."""
     vm_names = {vm.id: vm.name for vm in vms}
     pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
     pools_by_text: dict[str | None, tuple[str, ...] | None] = {}  # labels as the database spells them
@@ -232,6 +233,7 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
     ).all()
     tasks = []
     room: dict[tuple[int, int], int] = {}  # (pool, stage) -> how many more of its tasks may matter
+    runnable: set[int] = set()  # VMs whose first runnable task is taken
     for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:
         if vm_id is None:
             candidates_of_pool = pool_of(pool_labels)
@@ -248,6 +250,10 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
                 TaskView(task_id, None, job_id, priority, step_id, stage_number, candidates_of_pool, clean)
             )
         elif vm_id in vm_names:
+            if stage_number == 0:
+                runnable.add(vm_id)
+            elif vm_id in runnable:
+                continue  # behind the VM's runnable task
             tasks.append(
                 TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage_number, clean=clean)
             )

@@ -61,8 +61,9 @@ class Snapshot:
     use `Snapshot.build` to sort them when constructing snapshots by hand.
 
     The engine passes only the queue heads (`testlab.scheduler.heads.queue_heads`: per VM its first
-    task of each stage, per pool as many as it has candidates), not the whole queue: the plan is the
-    same either way, and a round costs what the lab's size costs, not the queue's depth."""
+    runnable task and any next-step task ahead of it, per pool as many as it has candidates), not the
+    whole queue: the plan is the same either way, and a round costs what the lab's size costs, not
+    the queue's depth."""
 
     now: float
     hosts: Mapping[str, HostView]

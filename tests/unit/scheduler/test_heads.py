@@ -25,9 +25,9 @@ def test_the_plan_on_the_heads_is_the_plan_on_the_whole_queue(snapshot: Snapshot
     assert queue_heads(heads) == heads
 
 
-def test_a_pinned_vm_keeps_its_first_task_of_each_stage():
-    tasks = [task(1, "a"), task(2, "a", stage=1), task(3, "a"), task(4, "b", stage=1), task(5, "a", stage=1)]
-    assert _ids(queue_heads(tasks)) == [1, 2, 4]
+def test_a_pinned_vm_keeps_its_first_runnable_task_and_a_next_step_task_only_ahead_of_it():
+    tasks = [task(1, "a"), task(2, "a", stage=1), task(3, "b", stage=1), task(4, "b", stage=1), task(5, "b")]
+    assert _ids(queue_heads(tasks)) == [1, 3, 5]
 
 
 def test_a_pool_keeps_one_task_per_distinct_candidate_and_stage():
