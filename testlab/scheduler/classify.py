@@ -28,40 +28,52 @@ _LIMIT_NAMES = (
 )
 
 
+_HOLDING = (VMStatus.REVERTING, VMStatus.SLEEPING)
+_READY = (VMStatus.IDLE, VMStatus.SLEEPING, VMStatus.REVERTING)
+# What one VM in each status adds to its host's counters: (active, running, reverting, ready).
+_LOAD = {
+    status: (
+        int(status in VMStatus.ACTIVE),
+        int(status == VMStatus.RUNNING),
+        int(status in _HOLDING),
+        int(status in _READY),
+    )
+    for status in VMStatus.ALL
+}
+
+
 @dataclass(slots=True)
 class HostState:
-    """Live counters of one host; `move` keeps them true as the plan changes VM statuses."""
+    """Live counters of one host; `move` keeps them true as the plan changes VM statuses. Plain
+    integers rather than per-status counts: the planner reads them for nearly every VM it considers."""
 
     name: str
     limits: HostLimits
     up: bool
     no_reverts: str | None = None
     vms: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VMStatus.ALL, 0))
+    active: int = 0
+    running: int = 0
+    # The settle period after a revert is part of the revert: sleeping VMs still load the host.
+    reverting: int = 0
+    ready: int = 0  # idle, sleeping or reverting
     queued: bool = False  # some usable VM of the host is needed by a queued task
 
+    def count(self, statuses: dict[str, int]) -> None:
+        """Set the counters from the number of the host's VMs in each status."""
+        for status, number in statuses.items():
+            active, running, reverting, ready = _LOAD[status]
+            self.active += active * number
+            self.running += running * number
+            self.reverting += reverting * number
+            self.ready += ready * number
+
     def move(self, old: str, new: str) -> None:
-        self.counts[old] -= 1
-        self.counts[new] += 1
-
-    @property
-    def active(self) -> int:
-        c = self.counts
-        return c["dirty"] + c["reverting"] + c["sleeping"] + c["idle"] + c["running"]
-
-    @property
-    def running(self) -> int:
-        return self.counts["running"]
-
-    @property
-    def reverting(self) -> int:
-        # The settle period after a revert is part of the revert: it still loads the host.
-        return self.counts["reverting"] + self.counts["sleeping"]
-
-    @property
-    def ready(self) -> int:
-        c = self.counts
-        return c["idle"] + c["sleeping"] + c["reverting"]
+        was, becomes = _LOAD[old], _LOAD[new]
+        self.active += becomes[0] - was[0]
+        self.running += becomes[1] - was[1]
+        self.reverting += becomes[2] - was[2]
+        self.ready += becomes[3] - was[3]
 
 
 DomainKey = tuple[str, str]  # (host, domain name): the same domain name on two hosts is two domains
@@ -73,6 +85,7 @@ class Lab:
     snapshot: Snapshot
     hosts: dict[str, HostState]
     owners: dict[DomainKey, list[str]]  # the VMs holding each domain (absent: free)
+    host_of: dict[str, HostState]  # VM name -> its host
     status: dict[str, str]  # current status, updated as actions are planned
     usable: set[str]  # VMs the scheduler may act on (status, role, host, maintenance request)
     busy: set[str]
@@ -117,13 +130,16 @@ def classify(snapshot: Snapshot) -> Lab:
         hosts[name] = HostState(name=name, limits=view.limits, up=view.up, no_reverts=view.no_reverts)
 
     owners: dict[DomainKey, list[str]] = {}
+    host_of: dict[str, HostState] = {}
     status: dict[str, str] = {}
     usable: set[str] = set()
     busy: set[str] = set()
+    tallies: dict[str, dict[str, int]] = {name: dict.fromkeys(VMStatus.ALL, 0) for name in hosts}
     all_statuses = VMStatus.ALL
     all_roles = VMRole.ALL
     enabled = VMRole.ENABLED
     untouchable = VMStatus.UNTOUCHABLE
+    off, running = VMStatus.OFF, VMStatus.RUNNING
     for name, vm in snapshot.vms.items():
         vm_status = vm.status
         if vm_status not in all_statuses:
@@ -134,21 +150,32 @@ def classify(snapshot: Snapshot) -> Lab:
         if host is None:
             raise SnapshotError(f"vm {name}: unknown host {vm.host!r}")
         host.vms.append(name)
-        host.counts[vm_status] += 1
+        tallies[vm.host][vm_status] += 1
+        host_of[name] = host
         status[name] = vm_status
-        if vm.busy or vm_status == VMStatus.RUNNING:
+        if vm.busy or vm_status == running:
             busy.add(name)
         if host.up and vm_status not in untouchable and vm.role in enabled and not vm.maintenance_requested:
             usable.add(name)
         # Cautious: any status but off (offline and maintenance too) may have the domain powered on.
-        if vm_status != VMStatus.OFF or vm.busy:
+        if vm_status != off or vm.busy:
             key = (vm.host, vm.domain)
             held = owners.get(key)
             if held is None:
                 owners[key] = [name]
             else:
                 held.append(name)
-    return Lab(snapshot=snapshot, hosts=hosts, owners=owners, status=status, usable=usable, busy=busy)
+    for name, host in hosts.items():
+        host.count(tallies[name])
+    return Lab(
+        snapshot=snapshot,
+        hosts=hosts,
+        owners=owners,
+        host_of=host_of,
+        status=status,
+        usable=usable,
+        busy=busy,
+    )
 
 
 def blocked_reason(lab: Lab, vm_name: str) -> str | None:

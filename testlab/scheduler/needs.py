@@ -49,25 +49,34 @@ def future_niceness(vm: VMView) -> Niceness:
     return (FUTURE, ROLE_RANK.get(vm.role, len(ROLE_RANK)), -vm.recent_demand, vm.name)
 
 
-def first_pool_task(tasks: Sequence[TaskView]) -> int | None:
-    """The queue index of the first pool task, None when every task is pinned to its VM."""
-    for index, task in enumerate(tasks):
-        if task.vm is None:
-            return index
-    return None
-
-
-def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None] | None = None) -> Needs:
-    """The one pass over the queue: each VM's first runnable task and first next-step task.
-
-    `targets` gives each task's VM for this round (a pool task's claimed VM, or None when it claimed
-    none); without it, each task's own VM."""
+def scan_pinned(tasks: Sequence[TaskView]) -> Needs | int:
+    """The one pass over a queue of pinned tasks: each VM's first runnable and first next-step task.
+    Stops at the first pool task and returns its queue index: pool tasks need `assign_pools` first."""
     runnable: dict[str, int] = {}
     later: dict[str, int] = {}
-    index = -1
-    for task in tasks:
-        index += 1
-        vm = task.vm if targets is None else targets[index]
+    for index, task in enumerate(tasks):
+        vm = task.vm
+        if vm is None:
+            return index
+        stage = task.stage
+        if stage == 0:
+            if vm not in runnable:
+                runnable[vm] = index
+        elif stage == 1:
+            if vm not in later:
+                later[vm] = index
+        else:
+            raise SnapshotError(f"task {task.id}: stage must be 0 or 1, got {stage!r}")
+    return _needs(runnable, later)
+
+
+def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None]) -> Needs:
+    """The same pass with each task's VM for this round in `targets`: a pinned task's own VM, a pool
+    task's claimed VM, or None when it claimed none."""
+    runnable: dict[str, int] = {}
+    later: dict[str, int] = {}
+    for index, task in enumerate(tasks):
+        vm = targets[index]
         stage = task.stage
         if vm is None:
             if stage not in (0, 1):
@@ -81,6 +90,10 @@ def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None] | None =
                 later[vm] = index
         else:
             raise SnapshotError(f"task {task.id}: stage must be 0 or 1, got {stage!r}")
+    return _needs(runnable, later)
+
+
+def _needs(runnable: dict[str, int], later: dict[str, int]) -> Needs:
     if runnable:
         later = {name: index for name, index in later.items() if name not in runnable}
     return Needs(runnable=runnable, next=later)

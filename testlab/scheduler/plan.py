@@ -16,8 +16,8 @@ from testlab.scheduler.needs import (
     RUNNABLE,
     Needs,
     Niceness,
-    first_pool_task,
     future_niceness,
+    scan_pinned,
     scan_tasks,
 )
 from testlab.scheduler.pools import assign_pools
@@ -37,11 +37,10 @@ def plan(snapshot: Snapshot, *, prepare_ahead: bool = True) -> Plan:
     Raises SnapshotError (a ValueError) with a one-line message for a malformed snapshot.
     """
     lab = classify(snapshot)
-    first_pool = first_pool_task(snapshot.tasks)
-    if first_pool is None:
-        needs, pool_blocked = scan_tasks(snapshot.tasks), {}
-    else:
-        targets, pool_blocked = assign_pools(lab, snapshot.tasks, first_pool)
+    needs = scan_pinned(snapshot.tasks)
+    pool_blocked: dict[str, str] = {}
+    if not isinstance(needs, Needs):
+        targets, pool_blocked = assign_pools(lab, snapshot.tasks, first_pool_task=needs)
         needs = scan_tasks(snapshot.tasks, targets)
     blocked = _block(lab, needs)
     for name, reason in pool_blocked.items():
@@ -58,21 +57,23 @@ def _block(lab: Lab, needs: Needs) -> dict[str, str]:
     blocked: dict[str, str] = {}
     vms = lab.snapshot.vms
     usable = lab.usable
+    owners_of = lab.owners.get
+    open_hosts = {
+        name
+        for name, host in lab.hosts.items()
+        if host.limits.max_running
+        and host.limits.max_reverting
+        and host.limits.max_active
+        and host.no_reverts is None
+    }
     for name in (*needs.runnable, *needs.next):
         if name in usable:  # fast path for the common case: nothing in the way at all
             vm = vms[name]
-            host = lab.hosts[vm.host]
-            limits = host.limits
-            owners = lab.owners.get((vm.host, vm.domain))
-            if (
-                limits.max_running
-                and limits.max_reverting
-                and limits.max_active
-                and host.no_reverts is None
-                and (owners is None or (len(owners) == 1 and owners[0] == name) or usable.issuperset(owners))
-            ):
-                host.queued = True
-                continue
+            if vm.host in open_hosts:
+                owners = owners_of((vm.host, vm.domain))
+                if owners is None or (len(owners) == 1 and owners[0] == name) or usable.issuperset(owners):
+                    lab.host_of[name].queued = True
+                    continue
         reason = blocked_reason(lab, name)
         if reason is None:
             lab.hosts[vms[name].host].queued = True
@@ -92,8 +93,7 @@ class _Planner:
 
     def _mark(self, name: str, new_status: str) -> None:
         lab = self.lab
-        vm = lab.snapshot.vms[name]
-        lab.hosts[vm.host].move(lab.status[name], new_status)
+        lab.host_of[name].move(lab.status[name], new_status)
         lab.status[name] = new_status
         lab.acted.add(name)
 
@@ -110,13 +110,13 @@ class _Planner:
             vm = vms[name]
             if vm.used and tasks[index].clean:
                 # Used since its last wipe: to this task the VM is dirty, and prepare() reverts it.
-                lab.hosts[vm.host].move(idle, VMStatus.DIRTY)
+                lab.host_of[name].move(idle, VMStatus.DIRTY)
                 status[name] = VMStatus.DIRTY
                 continue
             key = (vm.host, vm.domain)
             if key in lab.touched or lab.contested(key):
                 continue
-            host = lab.hosts[vm.host]
+            host = lab.host_of[name]
             limits = host.limits
             if host.running + 1 > limits.max_running:
                 continue
@@ -153,6 +153,20 @@ class _Planner:
         status = lab.status[name]
         if status not in _REVERTIBLE or name in lab.busy or name in lab.acted or name not in lab.usable:
             return
+        # Every test up to the sacrifice only decides whether to go on; the host's, cheapest and most
+        # often failing once the plan has filled the hosts, comes first.
+        host = lab.host_of[name]
+        limits = host.limits
+        reverting = host.reverting
+        if (
+            host.no_reverts is not None
+            or reverting + 1 > limits.max_reverting
+            or (host.running and reverting + 1 > limits.max_reverts_while_running)
+        ):
+            return
+        future = reason == "ready"
+        if future and host.ready + 1 > limits.max_ready_when_idle:
+            return
         if name in self.blocked:
             return  # keeping ready a VM whose tasks cannot run would only waste a slot
         vm = lab.snapshot.vms[name]
@@ -169,18 +183,6 @@ class _Planner:
             if need[0] != RUNNABLE or not can_displace(lab, self.needs, owner, need):
                 return
             displace = owner
-
-        host = lab.hosts[vm.host]
-        if host.no_reverts is not None:
-            return
-        limits = host.limits
-        if host.reverting + 1 > limits.max_reverting:
-            return
-        if host.running and host.reverting + 1 > limits.max_reverts_while_running:
-            return
-        future = reason == "ready"
-        if future and host.ready + 1 > limits.max_ready_when_idle:
-            return
         if status == VMStatus.OFF and displace is None and host.active + 1 > limits.max_active:
             self._sacrifice_for(name, host, need, future)
             return
