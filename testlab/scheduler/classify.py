@@ -58,15 +58,25 @@ class HostState:
     reverting: int = 0
     ready: int = 0  # idle, sleeping or reverting
     queued: bool = False  # some usable VM of the host is needed by a queued task
+    # No limit stops all work and the disk takes reverts: nothing about the host can block a task.
+    open: bool = False
 
-    def count(self, statuses: dict[str, int]) -> None:
-        """Set the counters from the number of the host's VMs in each status."""
-        for status, number in statuses.items():
-            active, running, reverting, ready = _LOAD[status]
-            self.active += active * number
-            self.running += running * number
-            self.reverting += reverting * number
-            self.ready += ready * number
+    def count(self, statuses: list[str]) -> None:
+        """Set the counters from the statuses of the host's VMs."""
+        self.running = statuses.count(VMStatus.RUNNING)
+        self.reverting = statuses.count(VMStatus.REVERTING) + statuses.count(VMStatus.SLEEPING)
+        self.ready = self.reverting + statuses.count(VMStatus.IDLE)
+        self.active = self.ready + self.running + statuses.count(VMStatus.DIRTY)
+
+    def has_revert_room(self) -> bool:
+        """May the host start one more revert now (its disk, its revert limits)?"""
+        reverting = self.reverting
+        limits = self.limits
+        return (
+            self.no_reverts is None
+            and reverting < limits.max_reverting
+            and (not self.running or reverting < limits.max_reverts_while_running)
+        )
 
     def move(self, old: str, new: str) -> None:
         was, becomes = _LOAD[old], _LOAD[new]
@@ -89,6 +99,7 @@ class Lab:
     status: dict[str, str]  # current status, updated as actions are planned
     usable: set[str]  # VMs the scheduler may act on (status, role, host, maintenance request)
     busy: set[str]
+    tainted: set[DomainKey]  # domains held by a VM the scheduler may not act on
     acted: set[str] = field(default_factory=set)
     touched: set[DomainKey] = field(default_factory=set)  # domains an action of this plan concerns
 
@@ -127,14 +138,23 @@ def classify(snapshot: Snapshot) -> Lab:
     hosts: dict[str, HostState] = {}
     for name, view in snapshot.hosts.items():
         _check_limits(name, view.limits)
-        hosts[name] = HostState(name=name, limits=view.limits, up=view.up, no_reverts=view.no_reverts)
+        limits = view.limits
+        hosts[name] = HostState(
+            name=name,
+            limits=limits,
+            up=view.up,
+            no_reverts=view.no_reverts,
+            open=bool(
+                limits.max_running and limits.max_reverting and limits.max_active and view.no_reverts is None
+            ),
+        )
 
     owners: dict[DomainKey, list[str]] = {}
     host_of: dict[str, HostState] = {}
     status: dict[str, str] = {}
     usable: set[str] = set()
     busy: set[str] = set()
-    tallies: dict[str, dict[str, int]] = {name: dict.fromkeys(VMStatus.ALL, 0) for name in hosts}
+    tainted: set[DomainKey] = set()
     all_statuses = VMStatus.ALL
     all_roles = VMRole.ALL
     enabled = VMRole.ENABLED
@@ -150,12 +170,14 @@ def classify(snapshot: Snapshot) -> Lab:
         if host is None:
             raise SnapshotError(f"vm {name}: unknown host {vm.host!r}")
         host.vms.append(name)
-        tallies[vm.host][vm_status] += 1
         host_of[name] = host
         status[name] = vm_status
         if vm.busy or vm_status == running:
             busy.add(name)
-        if host.up and vm_status not in untouchable and vm.role in enabled and not vm.maintenance_requested:
+        scheduled = (
+            host.up and vm_status not in untouchable and vm.role in enabled and not vm.maintenance_requested
+        )
+        if scheduled:
             usable.add(name)
         # Cautious: any status but off (offline and maintenance too) may have the domain powered on.
         if vm_status != off or vm.busy:
@@ -165,8 +187,10 @@ def classify(snapshot: Snapshot) -> Lab:
                 owners[key] = [name]
             else:
                 held.append(name)
-    for name, host in hosts.items():
-        host.count(tallies[name])
+            if not scheduled:
+                tainted.add(key)
+    for host in hosts.values():
+        host.count(list(map(status.__getitem__, host.vms)))
     return Lab(
         snapshot=snapshot,
         hosts=hosts,
@@ -175,6 +199,7 @@ def classify(snapshot: Snapshot) -> Lab:
         status=status,
         usable=usable,
         busy=busy,
+        tainted=tainted,
     )
 
 

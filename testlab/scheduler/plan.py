@@ -57,23 +57,14 @@ def _block(lab: Lab, needs: Needs) -> dict[str, str]:
     blocked: dict[str, str] = {}
     vms = lab.snapshot.vms
     usable = lab.usable
-    owners_of = lab.owners.get
-    open_hosts = {
-        name
-        for name, host in lab.hosts.items()
-        if host.limits.max_running
-        and host.limits.max_reverting
-        and host.limits.max_active
-        and host.no_reverts is None
-    }
+    host_of = lab.host_of
+    tainted = lab.tainted
     for name in (*needs.runnable, *needs.next):
         if name in usable:  # fast path for the common case: nothing in the way at all
-            vm = vms[name]
-            if vm.host in open_hosts:
-                owners = owners_of((vm.host, vm.domain))
-                if owners is None or (len(owners) == 1 and owners[0] == name) or usable.issuperset(owners):
-                    lab.host_of[name].queued = True
-                    continue
+            host = host_of[name]
+            if host.open and (not tainted or (host.name, vms[name].domain) not in tainted):
+                host.queued = True
+                continue
         reason = blocked_reason(lab, name)
         if reason is None:
             lab.hosts[vms[name].host].queued = True
@@ -132,14 +123,16 @@ class _Planner:
         lab = self.lab
         vms = lab.snapshot.vms
         status = lab.status
-        # The status test is repeated here only to spare a call for the many VMs already up.
+        host_of = lab.host_of
+        # Two of _try_revert's tests are repeated here only to spare a call for the many VMs already
+        # up or on a host that has all the reverts it may run.
         for name, index in self.needs.runnable.items():
-            if status[name] in _REVERTIBLE:
+            if status[name] in _REVERTIBLE and host_of[name].has_revert_room():
                 self._try_revert(name, (RUNNABLE, index, 0, name), "needed")
         if not ahead:
             return
         for name, index in self.needs.next.items():
-            if status[name] in _REVERTIBLE:
+            if status[name] in _REVERTIBLE and host_of[name].has_revert_room():
                 self._try_revert(name, (NEXT, index, 0, name), "next")
         for _, host in sorted(lab.hosts.items()):
             if host.queued or not host.up:
@@ -156,14 +149,9 @@ class _Planner:
         # Every test up to the sacrifice only decides whether to go on; the host's, cheapest and most
         # often failing once the plan has filled the hosts, comes first.
         host = lab.host_of[name]
-        limits = host.limits
-        reverting = host.reverting
-        if (
-            host.no_reverts is not None
-            or reverting + 1 > limits.max_reverting
-            or (host.running and reverting + 1 > limits.max_reverts_while_running)
-        ):
+        if not host.has_revert_room():
             return
+        limits = host.limits
         future = reason == "ready"
         if future and host.ready + 1 > limits.max_ready_when_idle:
             return
