@@ -57,6 +57,9 @@ class HostState:
     # The settle period after a revert is part of the revert: sleeping VMs still load the host.
     reverting: int = 0
     ready: int = 0  # idle, sleeping or reverting
+    # May the host start one more revert now (its disk, its revert limits)? Kept with the counters:
+    # the planner asks for nearly every VM it might revert, far more often than counters move.
+    revert_room: bool = False
     queued: bool = False  # some usable VM of the host is needed by a queued task
     # No limit stops all work and the disk takes reverts: nothing about the host can block a task.
     open: bool = False
@@ -67,16 +70,7 @@ class HostState:
         self.reverting = statuses.count(VMStatus.REVERTING) + statuses.count(VMStatus.SLEEPING)
         self.ready = self.reverting + statuses.count(VMStatus.IDLE)
         self.active = self.ready + self.running + statuses.count(VMStatus.DIRTY)
-
-    def has_revert_room(self) -> bool:
-        """May the host start one more revert now (its disk, its revert limits)?"""
-        reverting = self.reverting
-        limits = self.limits
-        return (
-            self.no_reverts is None
-            and reverting < limits.max_reverting
-            and (not self.running or reverting < limits.max_reverts_while_running)
-        )
+        self._update_revert_room()
 
     def move(self, old: str, new: str) -> None:
         was, becomes = _LOAD[old], _LOAD[new]
@@ -84,6 +78,16 @@ class HostState:
         self.running += becomes[1] - was[1]
         self.reverting += becomes[2] - was[2]
         self.ready += becomes[3] - was[3]
+        self._update_revert_room()
+
+    def _update_revert_room(self) -> None:
+        reverting = self.reverting
+        limits = self.limits
+        self.revert_room = (
+            self.no_reverts is None
+            and reverting < limits.max_reverting
+            and (not self.running or reverting < limits.max_reverts_while_running)
+        )
 
 
 DomainKey = tuple[str, str]  # (host, domain name): the same domain name on two hosts is two domains
@@ -164,23 +168,25 @@ def classify(snapshot: Snapshot) -> Lab:
         vm_status = vm.status
         if vm_status not in all_statuses:
             raise SnapshotError(f"vm {name}: unknown status {vm_status!r}")
-        if vm.role not in all_roles:
-            raise SnapshotError(f"vm {name}: unknown role {vm.role!r}")
+        role = vm.role
+        if role not in all_roles:
+            raise SnapshotError(f"vm {name}: unknown role {role!r}")
         host = hosts.get(vm.host)
         if host is None:
             raise SnapshotError(f"vm {name}: unknown host {vm.host!r}")
         host.vms.append(name)
         host_of[name] = host
         status[name] = vm_status
-        if vm.busy or vm_status == running:
+        in_flight = vm.busy
+        if in_flight or vm_status == running:
             busy.add(name)
         scheduled = (
-            host.up and vm_status not in untouchable and vm.role in enabled and not vm.maintenance_requested
+            host.up and vm_status not in untouchable and role in enabled and not vm.maintenance_requested
         )
         if scheduled:
             usable.add(name)
         # Cautious: any status but off (offline and maintenance too) may have the domain powered on.
-        if vm_status != off or vm.busy:
+        if vm_status != off or in_flight:
             key = (vm.host, vm.domain)
             held = owners.get(key)
             if held is None:

@@ -127,12 +127,12 @@ class _Planner:
         # Two of _try_revert's tests are repeated here only to spare a call for the many VMs already
         # up or on a host that has all the reverts it may run.
         for name, index in self.needs.runnable.items():
-            if status[name] in _REVERTIBLE and host_of[name].has_revert_room():
+            if status[name] in _REVERTIBLE and host_of[name].revert_room:
                 self._try_revert(name, (RUNNABLE, index, 0, name), "needed")
         if not ahead:
             return
         for name, index in self.needs.next.items():
-            if status[name] in _REVERTIBLE and host_of[name].has_revert_room():
+            if status[name] in _REVERTIBLE and host_of[name].revert_room:
                 self._try_revert(name, (NEXT, index, 0, name), "next")
         for _, host in sorted(lab.hosts.items()):
             if host.queued or not host.up:
@@ -149,7 +149,7 @@ class _Planner:
         # Every test up to the sacrifice only decides whether to go on; the host's, cheapest and most
         # often failing once the plan has filled the hosts, comes first.
         host = lab.host_of[name]
-        if not host.has_revert_room():
+        if not host.revert_room:
             return
         limits = host.limits
         future = reason == "ready"
