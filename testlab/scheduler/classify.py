@@ -63,6 +63,7 @@ class HostState:
     queued: bool = False  # some usable VM of the host is needed by a queued task
     # No limit stops all work and the disk takes reverts: nothing about the host can block a task.
     open: bool = False
+    tainted: bool = False  # one of its domains is held by a VM the scheduler may not act on
 
     def count(self, statuses: list[str]) -> None:
         """Set the counters from the statuses of the host's VMs."""
@@ -195,6 +196,7 @@ def classify(snapshot: Snapshot) -> Lab:
                 held.append(name)
             if not scheduled:
                 tainted.add(key)
+                host.tainted = True
     for host in hosts.values():
         host.count(list(map(status.__getitem__, host.vms)))
     return Lab(

@@ -9,6 +9,8 @@ the working counters at once, so later decisions see the effect of earlier ones.
 
 from __future__ import annotations
 
+from itertools import chain
+
 from testlab.domain.statuses import VMStatus
 from testlab.scheduler.classify import Lab, blocked_reason, classify
 from testlab.scheduler.needs import (
@@ -59,10 +61,10 @@ def _block(lab: Lab, needs: Needs) -> dict[str, str]:
     usable = lab.usable
     host_of = lab.host_of
     tainted = lab.tainted
-    for name in (*needs.runnable, *needs.next):
+    for name in chain(needs.runnable, needs.next):
         if name in usable:  # fast path for the common case: nothing in the way at all
             host = host_of[name]
-            if host.open and (not tainted or (host.name, vms[name].domain) not in tainted):
+            if host.open and (not host.tainted or (host.name, vms[name].domain) not in tainted):
                 host.queued = True
                 continue
         reason = blocked_reason(lab, name)
