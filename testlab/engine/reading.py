@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, String, case, cast, func, select
+from sqlalchemy import Integer, Row, Select, String, bindparam, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
@@ -159,34 +159,9 @@ def _host_checks(hosts: list[Row], options: EngineOptions, now: datetime) -> lis
     return [HostCheck(h.id, h.name, options.monitor_timeout) for h in due]
 
 
-def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
-    """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
-    within its VM's or its pool's stage, so a deep queue is never read. What only shows across
-    stages (a next-step task behind its VM's runnable one) or needs the lab (how many tasks of a
-    pool may matter: its number of candidates) is trimmed here."""
-    vm_names = {vm.id: vm.name for vm in vms}
-    pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
-    pools_by_text: dict[str | None, tuple[str, ...] | None] = {}  # labels as the database spells them
-    selectable: list[tuple[str, list[str], str]] = []
-
-    def pool_of(labels_text: str | None) -> tuple[str, ...] | None:
-        """The candidates of the pool a step's labels select; None for a step without labels."""
-        if labels_text in pools_by_text:
-            return pools_by_text[labels_text]
-        labels = json.loads(labels_text) if labels_text else None
-        found = None
-        if labels:
-            key = tuple(sorted(labels))
-            found = pools.get(key)
-            if found is None:
-                if not selectable:
-                    selectable.extend((vm.name, vm.labels or [], vm.role) for vm in vms)
-                found = pools[key] = tuple(
-                    name for name, vm_labels, role in selectable if selected_by(key, vm_labels, role)
-                )
-        pools_by_text[labels_text] = found
-        return found
-
+def _queue_heads_statement() -> Select:
+    """Each queued task ranked within its VM's (or pool's) stage; only the first of each, and a
+    pool's first `deepest_pool`, come back. Built once: building it costs more than running it."""
     dependency = aliased(Step)
     stage = case(
         (dependency.status.is_(None) | (dependency.status == TaskStatus.COMPLETED), 0),
@@ -216,8 +191,8 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
         .where(Task.status == TaskStatus.QUEUED, Job.cancel_requested.is_(False), stage.is_not(None))
         .subquery()
     )
-    deepest_pool = max(1, len(vms))
-    rows = session.execute(
+    deepest_pool = bindparam("deepest_pool", type_=Integer)
+    return (
         select(
             ranked.c.task_id,
             ranked.c.vm_id,
@@ -230,7 +205,41 @@ def _queued_tasks(session: Session, vms: list[VM]) -> tuple[TaskView, ...]:
         )
         .where((ranked.c.place == 1) | (ranked.c.vm_id.is_(None) & (ranked.c.place <= deepest_pool)))
         .order_by(ranked.c.priority, ranked.c.job_id, ranked.c.number, ranked.c.task_id)
-    ).all()
+    )
+
+
+_QUEUE_HEADS = _queue_heads_statement()
+
+
+def _queued_tasks(session: Session, vms: list[Row]) -> tuple[TaskView, ...]:
+    """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
+    within its VM's or its pool's stage, so a deep queue is never read. What only shows across
+    stages (a next-step task behind its VM's runnable one) or needs the lab (how many tasks of a
+    pool may matter: its number of candidates) is trimmed here."""
+    vm_names = {vm.id: vm.name for vm in vms}
+    pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
+    pools_by_text: dict[str | None, tuple[str, ...] | None] = {}  # labels as the database spells them
+    selectable: list[tuple[str, list[str], str]] = []
+
+    def pool_of(labels_text: str | None) -> tuple[str, ...] | None:
+        """The candidates of the pool a step's labels select; None for a step without labels."""
+        if labels_text in pools_by_text:
+            return pools_by_text[labels_text]
+        labels = json.loads(labels_text) if labels_text else None
+        found = None
+        if labels:
+            key = tuple(sorted(labels))
+            found = pools.get(key)
+            if found is None:
+                if not selectable:
+                    selectable.extend((vm.name, vm.labels or [], vm.role) for vm in vms)
+                found = pools[key] = tuple(
+                    name for name, vm_labels, role in selectable if selected_by(key, vm_labels, role)
+                )
+        pools_by_text[labels_text] = found
+        return found
+
+    rows = session.execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
     tasks = []
     room: dict[tuple[int, int], int] = {}  # (pool, stage) -> how many more of its tasks may matter
     runnable: set[int] = set()  # VMs whose first runnable task is taken
