@@ -4,7 +4,8 @@ A VM becomes `reverting` before the revert is called; a task becomes `running`, 
 will have on the agent, before the command is started. An action is only recorded if the rows it was
 planned from are unchanged: the VM's version must still be the one the snapshot was read at (an
 administrator's change in between, or an earlier action of the same plan, drops it; the next round
-re-plans), and a task must still be queued.
+re-plans), a task must still be queued, and the action must still fit its host as the host is now
+(`testlab.scheduler.room`: another VM of the host may have become active since the snapshot).
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ from sqlalchemy.orm import Session
 from testlab.config import Settings
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task, utcnow
 from testlab.domain.jobfile import selected_by
-from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.domain.statuses import TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import PowerOffWork, RevertWork, TaskWork, View, vm_ref
-from testlab.scheduler.snapshot import Plan, PowerOff, Revert, StartTask
+from testlab.scheduler.room import still_fitting
+from testlab.scheduler.snapshot import (
+    LIMIT_FIELDS,
+    Action,
+    HostLimits,
+    Plan,
+    PowerOff,
+    Revert,
+    StartTask,
+    VMView,
+)
 from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
 from testlab.services.uses import begin_task_use, wipe_lifecycle
 
@@ -40,6 +51,8 @@ def record_plan(
         h.id: h for h in session.scalars(select(Host).where(Host.id.in_({v.host_id for v in vms.values()})))
     }
 
+    fitting = _still_fitting(session, plan, vms, hosts)
+
     def unchanged(name: str | None) -> VM | None:
         vm = vms.get(name or "")
         if vm is None or vm.version != view.vm_versions.get(vm.name) or vm.operation is not None:
@@ -47,7 +60,7 @@ def record_plan(
         return vm
 
     work: list[Work] = []
-    for action in plan.actions:
+    for action in fitting:
         vm = unchanged(action.vm)
         if vm is None:
             continue
@@ -62,6 +75,35 @@ def record_plan(
         elif isinstance(action, StartTask):
             work += _start_task(session, vm, host, action.task_id, now, settings, options)
     return work
+
+
+def _still_fitting(
+    session: Session, plan: Plan, vms: Mapping[str, VM], hosts: Mapping[int, Host]
+) -> list[Action]:
+    """The plan's actions that still fit their hosts, counted from the current rows of every VM of
+    the hosts they add work to. The rows stay locked until the commit on PostgreSQL (SQLite's writer
+    holds the write lock already), so what is counted cannot change before the actions are recorded."""
+    adding = {vms[a.vm].host_id for a in plan.actions if not isinstance(a, PowerOff) and a.vm in vms}
+    if not adding:
+        return list(plan.actions)
+    rows = session.execute(
+        select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
+        .where(VM.host_id.in_(adding), VM.role != VMRole.DELETED)
+        .order_by(VM.id)
+        .with_for_update()
+    ).all()
+    current = {
+        row.name: VMView(
+            name=row.name,
+            host=hosts[row.host_id].name,
+            domain=row.domain,
+            status=row.status,
+            busy=row.operation is not None,
+        )
+        for row in rows
+    }
+    limits = {hosts[h].name: HostLimits(**{f: getattr(hosts[h], f) for f in LIMIT_FIELDS}) for h in adding}
+    return still_fitting(plan.actions, limits, current)
 
 
 def _set_operation(vm: VM, operation: str, seconds: float, now: datetime) -> None:

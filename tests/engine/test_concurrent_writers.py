@@ -149,3 +149,35 @@ def _statuses(settings, jobs: list[int]) -> dict[int, str]:
 def _vm_statuses(settings) -> dict[str, str]:
     with session_scope(settings.database_url, readonly=True) as session:
         return dict(session.execute(select(VM.name, VM.status)).all())
+
+
+def test_a_plan_made_before_another_vm_became_active_does_not_overfill_its_host(settings, tmp_path):
+    """The plan reverts `a` into the host's last free slot; before it is recorded, an administrator
+    ends the maintenance of `b` on the same host, which makes `b` active (its domain may be running).
+    Recording the revert then would take the host past `max_active`: it is dropped, and the next
+    round plans with `b` counted."""
+    from testlab.engine import reading
+    from testlab.engine.dispatch import record_plan
+    from testlab.engine.options import EngineOptions
+    from testlab.scheduler import Revert, plan
+    from testlab.services import vms as vm_service
+
+    make_lab(settings, tmp_path / "vms", {"h1": ["a", "b"]}, limits="max_active: 1")
+    with session_scope(settings.database_url) as session:
+        vm_service.request_maintenance(session, session.scalar(select(VM).where(VM.name == "b")))
+    submit(settings, tmp_path / "jobs", "j", JOB.format(name="j", vms="a", seconds=0))
+    options = EngineOptions()
+    view = run_transaction(
+        settings.database_url,
+        lambda s: reading.read_round(s, options, frozenset(), time.time(), {}),
+        readonly=True,
+    )
+    decided = plan(view.snapshot)
+    assert [(type(a), a.vm) for a in decided.actions] == [(Revert, "a")]
+    with session_scope(settings.database_url) as session:
+        vm_service.end_maintenance(session, session.scalar(select(VM).where(VM.name == "b")))
+    work = run_transaction(settings.database_url, lambda s: record_plan(s, decided, view, settings, options))
+    assert work == []
+    with session_scope(settings.database_url, readonly=True) as session:
+        assert dict(session.execute(select(VM.name, VM.status)).all()) == {"a": "off", "b": "dirty"}
+    check_history(settings)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from testlab.domain.statuses import VMStatus
 from testlab.scheduler import HostLimits, HostView, Snapshot, StartTask, TaskView, VMView, plan
+from testlab.scheduler.room import still_fitting
 from tests.unit.scheduler import apply, check_plan
 
 STATUSES = sorted(VMStatus.ALL)
@@ -203,3 +204,13 @@ def test_no_startable_task_is_left_waiting(snapshot: Snapshot) -> None:
         assert running >= limits.max_running or reverting > limits.max_reverts_while_running, (
             f"{v.name} could have started"
         )
+
+
+@PROPERTY_SETTINGS
+@given(labs())
+def test_a_plan_still_fits_the_lab_it_was_made_for(snapshot: Snapshot) -> None:
+    """The engine re-checks a plan against the hosts' current rows when it records it; with nothing
+    changed, every action must pass, or the same plan would be dropped round after round."""
+    decided = plan(snapshot)
+    limits = {name: host.limits for name, host in snapshot.hosts.items()}
+    assert still_fitting(decided.actions, limits, snapshot.vms) == list(decided.actions)
