@@ -82,7 +82,10 @@ def _still_fitting(
 ) -> list[Action]:
     """The plan's actions that still fit their hosts, counted from the current rows of every VM of
     the hosts they add work to. The rows stay locked until the commit on PostgreSQL (SQLite's writer
-    holds the write lock already), so what is counted cannot change before the actions are recorded."""
+    holds the write lock already), so what is counted cannot change before the actions are recorded.
+    The lock is FOR NO KEY UPDATE, which an update of the rows waits for but a row that refers to them
+    does not: FOR UPDATE also stopped the foreign key checks of an event or task written for a VM, and
+    a job's cancel (its tasks locked, then an event for their VM) deadlocked with the plan."""
     adding = {vms[a.vm].host_id for a in plan.actions if not isinstance(a, PowerOff) and a.vm in vms}
     if not adding:
         return list(plan.actions)
@@ -90,7 +93,7 @@ def _still_fitting(
         select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
         .where(VM.host_id.in_(adding), VM.role != VMRole.DELETED)
         .order_by(VM.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
     ).all()
     current = {
         row.name: VMView(

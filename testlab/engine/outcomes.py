@@ -44,8 +44,9 @@ def _locked_vm(session: Session, vm_id: int) -> VM:
     """The VM row, locked until the commit on PostgreSQL (SQLite's writers already hold the write
     lock): an administrator's change of the VM waits for this outcome instead of invalidating it.
     Without the lock, a command changing the VM in a tight loop (maintenance on, off, on...) made
-    every retry of a task's end conflict, and the task stayed `running` until its deadline."""
-    return session.get(VM, vm_id, with_for_update=True)
+    every retry of a task's end conflict, and the task stayed `running` until its deadline. FOR NO KEY
+    UPDATE, not FOR UPDATE: rows that merely refer to the VM (events, tasks) are written meanwhile."""
+    return session.get(VM, vm_id, with_for_update={"key_share": True})
 
 
 def _size(count: int | None) -> str:
