@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -214,6 +215,14 @@ def session_scope(
         _announce(url, session)
 
 
+# PostgreSQL rolled the whole transaction back: a deadlock's victim, or a serialization failure.
+_ROLLED_BACK_BY_SERVER = frozenset({"40P01", "40001"})
+
+
+def _rolled_back_by_server(error: BaseException) -> bool:
+    return isinstance(error, DBAPIError) and getattr(error.orig, "sqlstate", None) in _ROLLED_BACK_BY_SERVER
+
+
 def run_transaction(
     url: str,
     work: Callable[[Session], T],
@@ -224,17 +233,22 @@ def run_transaction(
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
 ) -> T:
     """Run `work(session)` in one transaction; when a conditional write finds that a row it read has
-    moved on, roll back and run it again from scratch on fresh data. Raises Conflict after `attempts`."""
+    moved on, or PostgreSQL chose it as a deadlock's victim (two writers locking rows in opposite
+    orders: a job's cancel and the engine starting one of its tasks), roll back and run it again from
+    scratch on fresh data. Raises Conflict after `attempts`."""
     for attempt in range(1, attempts + 1):
         try:
             with session_scope(
                 url, readonly=readonly, actor=actor, busy_timeout_ms=busy_timeout_ms
             ) as session:
                 return work(session)
-        except StaleDataError as error:
+        except (StaleDataError, DBAPIError) as error:
+            if isinstance(error, DBAPIError) and not _rolled_back_by_server(error):
+                raise
             if attempt == attempts:
                 raise Conflict(
-                    f"the data kept changing under this change ({attempts} tries): {error}"
+                    f"the data kept changing under this change ({attempts} tries): "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
                 ) from None
             time.sleep(random.uniform(0, 0.005 * 2**attempt))
     raise AssertionError("unreachable")

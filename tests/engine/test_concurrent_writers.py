@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from testlab.db.models import VM, Event, Job, Task
 from testlab.db.session import Conflict, run_transaction, session_scope
@@ -181,3 +181,76 @@ def test_a_plan_made_before_another_vm_became_active_does_not_overfill_its_host(
     with session_scope(settings.database_url, readonly=True) as session:
         assert dict(session.execute(select(VM.name, VM.status)).all()) == {"a": "off", "b": "dirty"}
     check_history(settings)
+
+
+def test_a_deadlock_victim_runs_again(settings, tmp_path):
+    """Two writers lock the same rows in opposite orders; PostgreSQL rolls one back. The victim's unit
+    of work runs again on fresh rows instead of failing (a job's cancel from the web answered 503 when
+    the engine started one of its tasks at that moment)."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite writers take the write lock at BEGIN: they queue, they never deadlock")
+    from sqlalchemy import update
+
+    make_lab(settings, tmp_path / "vms", {"h1": ["a", "b"]})
+    first_locked, second_locked = threading.Event(), threading.Event()
+    tries = []
+
+    def victim(session) -> str:
+        tries.append(1)
+        session.execute(update(VM).where(VM.name == "a").values(errors=VM.errors + 1))
+        if len(tries) == 1:
+            first_locked.set()
+            assert second_locked.wait(10)
+        session.execute(update(VM).where(VM.name == "b").values(errors=VM.errors + 1))
+        return "done"
+
+    def other() -> None:
+        assert first_locked.wait(10)
+        with session_scope(settings.database_url) as session:
+            session.execute(update(VM).where(VM.name == "b").values(errors=VM.errors + 10))
+            second_locked.set()
+            time.sleep(0.2)  # the victim waits for b first, so its deadlock check fires first
+            session.execute(update(VM).where(VM.name == "a").values(errors=VM.errors + 10))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert run_transaction(settings.database_url, victim) == "done"
+    thread.join(timeout=30)
+    assert len(tries) == 2
+    with session_scope(settings.database_url, readonly=True) as session:
+        assert dict(session.execute(select(VM.name, VM.errors)).all()) == {"a": 11, "b": 11}
+
+
+def test_the_engine_s_row_locks_let_rows_that_refer_to_the_vms_be_written(settings, tmp_path):
+    """The engine locks VM rows while it records an outcome or a plan; an event written meanwhile for
+    one of those VMs (its foreign key check locks the VM's key) must not wait for it: with FOR UPDATE it
+    did, and a job's cancel deadlocked with the engine."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no row locks: a writer holds the whole database")
+    from sqlalchemy import text
+
+    from testlab.db.models import Host
+    from testlab.engine.dispatch import _still_fitting
+    from testlab.engine.outcomes import _locked_vm
+    from testlab.scheduler import Plan, Revert
+    from testlab.services.transitions import record_event
+
+    make_lab(settings, tmp_path / "vms", {"h1": ["a", "b"]})
+
+    def write_an_event_for(name: str) -> None:
+        with session_scope(settings.database_url) as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            record_event(session, "vm", "a note", vm=session.scalar(select(VM).where(VM.name == name)))
+
+    with session_scope(settings.database_url) as engine:
+        vm = engine.scalar(select(VM).where(VM.name == "a"))
+        _locked_vm(engine, vm.id)
+        hosts = {h.id: h for h in engine.scalars(select(Host))}
+        _still_fitting(engine, Plan(actions=(Revert(vm="a"),)), {"a": vm}, hosts)
+        for name in ("a", "b"):
+            writer = threading.Thread(target=write_an_event_for, args=(name,))
+            writer.start()
+            writer.join(timeout=10)
+            assert not writer.is_alive()
+    with session_scope(settings.database_url, readonly=True) as session:
+        assert session.scalar(select(func.count()).where(Event.reason == "a note")) == 2
