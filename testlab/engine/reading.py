@@ -16,7 +16,7 @@ from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, View, vm_ref
 from testlab.hypervisor import HostConfig
-from testlab.scheduler.heads import pool_depth
+from testlab.scheduler.heads import queue_heads
 from testlab.scheduler.snapshot import LIMIT_FIELDS, HostLimits, HostView, Snapshot, TaskView, VMView
 from testlab.services.hosts import host_config
 
@@ -213,9 +213,9 @@ _QUEUE_HEADS = _queue_heads_statement()
 
 def _queued_tasks(session: Session, vms: list[Row]) -> tuple[TaskView, ...]:
     """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
-    within its VM's or its pool's stage, so a deep queue is never read. What only shows across
-    stages (a next-step task behind its VM's runnable one) or needs the lab (how many tasks of a
-    pool may matter: its number of candidates) is trimmed here."""
+    within its VM's or its pool's stage, so a deep queue is never read; what only shows across stages
+    (a next-step task behind its VM's runnable one) or needs the lab (a pool's number of candidates)
+    is left to `queue_heads`, the one place that knows what a round can act on."""
     vm_names = {vm.id: vm.name for vm in vms}
     pools: dict[tuple[str, ...], tuple[str, ...]] = {}  # labels -> candidates, one tuple per pool
     pools_by_text: dict[str | None, tuple[str, ...] | None] = {}  # labels as the database spells them
@@ -241,32 +241,16 @@ def _queued_tasks(session: Session, vms: list[Row]) -> tuple[TaskView, ...]:
 
     rows = session.execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
     tasks = []
-    room: dict[tuple[int, int], int] = {}  # (pool, stage) -> how many more of its tasks may matter
-    runnable: set[int] = set()  # VMs whose first runnable task is taken
     for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:
         if vm_id is None:
-            candidates_of_pool = pool_of(pool_labels)
-            if candidates_of_pool is None:
-                continue
-            key = (id(candidates_of_pool), stage_number)
-            left = room.get(key)
-            if left is None:
-                left = pool_depth(candidates_of_pool)
-            if not left:
-                continue
-            room[key] = left - 1
-            tasks.append(
-                TaskView(task_id, None, job_id, priority, step_id, stage_number, candidates_of_pool, clean)
-            )
+            pool = pool_of(pool_labels)
+            if pool is not None:
+                tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage_number, pool, clean))
         elif vm_id in vm_names:
-            if stage_number == 0:
-                runnable.add(vm_id)
-            elif vm_id in runnable:
-                continue  # behind the VM's runnable task
             tasks.append(
                 TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage_number, clean=clean)
             )
-    return tuple(tasks)
+    return queue_heads(tasks)
 
 
 def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWork]:
