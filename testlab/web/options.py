@@ -15,6 +15,7 @@ class WebOptions:
     login_max_per_name: int = 5  # failed logins for one user name in the window before refusing
     login_max_per_address: int = 20  # failed logins from one address in the window before refusing
     live_poll: float = 0.5  # seconds between two reads of the event history while someone watches
+    live_log_poll: float = 0.5  # seconds between two looks at the size of a running task's log
     live_keepalive: float = 15.0  # seconds between keep-alive comments on an idle live stream
     max_upload_bytes: int = 1 << 30  # a submitted job's files, all together
 

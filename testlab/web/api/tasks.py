@@ -27,7 +27,6 @@ router = APIRouter(prefix="/api/v1", tags=["tasks"], responses=PROBLEMS)
 
 TaskId = PathParam(ge=1, le=2**31 - 1, description="A task's id")
 MAX_CHUNK = 1 << 20  # bytes of log per request or per live message
-LOG_POLL = 0.5  # seconds between two looks at a running task's log size
 # Served as downloads, never rendered: an artifact comes from a VM and must not run on this origin.
 ACTIVE_TYPES = ("text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/xml")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
@@ -128,9 +127,10 @@ def task_log_stream(
 async def _follow(
     context: WebContext, request: Request, task_id: int, path: Path, offset: int
 ) -> AsyncIterator[str]:
-    """Send what the log gains. Its size is looked at (a stat, no database) every LOG_POLL seconds;
-    the task's status is read again only when the event history says the task moved."""
+    """Send what the log gains. Its size is looked at (a stat, no database) every `live_log_poll`
+    seconds; the task's status is read again only when the event history says the task moved."""
     watcher = context.watcher
+    poll = context.options.live_log_poll
     async with watcher.listening():
         seen = watcher.change.last
         status = await asyncio.to_thread(watcher.read, lambda s: get_task(s, task_id).status)
@@ -158,8 +158,8 @@ async def _follow(
                 if change.missed_by(seen) or task_id in change.tasks:
                     status = await asyncio.to_thread(watcher.read, lambda s: get_task(s, task_id).status)
                 seen = change.last
-            await asyncio.sleep(LOG_POLL)
-            quiet += LOG_POLL
+            await asyncio.sleep(poll)
+            quiet += poll
             if quiet >= context.options.live_keepalive:
                 quiet = 0.0
                 yield KEEPALIVE
