@@ -82,3 +82,58 @@ def test_an_idle_board_costs_one_shared_poll(serve):
         watcher.stop.set()
         kind, vms = watcher.events[0]
         assert kind == "vms" and [(v["name"], v["status"]) for v in vms] == [("b2", "offline")]
+
+
+GATED_JOB = """\
+name: gated
+steps:
+  - name: build
+    vms: [a1]
+    run: |
+      echo first line
+      n=0; while [ ! -e {gate} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
+      echo last line
+    timeout: 2m
+"""
+
+
+def _sse_events(lines) -> list[tuple[str, dict]]:
+    """Yields (event, data) from a stream's lines as they come."""
+    kind = None
+    for line in lines:
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            yield kind, json.loads(line.split(":", 1)[1])
+
+
+def test_a_live_log_ends_with_its_task_not_a_log_poll_later(serve, tmp_path):
+    """The job page shows a task's end as soon as the event history says so; the task's live log must
+    bring its last bytes and its end with it, not at its next look at the file (here a minute away)."""
+    server = serve(engine=True, extra_env={"TESTLAB_WEB_LIVE_LOG_POLL": "60"})
+    gate = tmp_path / "gate"
+    with server.client("alice") as alice:  # reads time out after 30 s
+        answer = alice.post(
+            "/api/v1/jobs", files=[("job", ("job.yaml", GATED_JOB.format(gate=gate).encode()))]
+        )
+        assert answer.status_code == 201, answer.text
+        task = alice.get(f"/api/v1/jobs/{answer.json()['id']}").json()["steps"][0]["tasks"][0]["id"]
+        deadline = time.monotonic() + 60
+        while "first line" not in alice.get(f"/api/v1/tasks/{task}/log").text:
+            assert time.monotonic() < deadline, "the task did not start"
+            time.sleep(0.05)
+        with alice.stream("GET", f"/api/v1/tasks/{task}/log/stream") as stream:
+            events = _sse_events(stream.iter_lines())
+            kind, first = next(events)
+            assert kind == "log" and first["text"] == "first line\n"
+            gate.touch()
+            opened = time.monotonic()
+            rest = []
+            for kind, data in events:
+                rest.append((kind, data))
+                if kind == "end":
+                    break
+            waited = time.monotonic() - opened
+    assert [k for k, _ in rest] == ["log", "end"], rest
+    assert rest[0][1]["text"] == "last line\n" and rest[1][1]["status"] == "completed"
+    assert waited < 10, f"the end came {waited:.1f} s after the task's"

@@ -128,9 +128,12 @@ async def _follow(
     context: WebContext, request: Request, task_id: int, path: Path, offset: int
 ) -> AsyncIterator[str]:
     """Send what the log gains. Its size is looked at (a stat, no database) every `live_log_poll`
-    seconds; the task's status is read again only when the event history says the task moved."""
+    seconds and whenever the event history moves; the task's status is read again only when the history
+    says the task moved, and its log at once then: the engine writes a task's last bytes before its end,
+    so they and the `end` reach the page with the job's new status, not a log poll later."""
     watcher = context.watcher
     poll = context.options.live_log_poll
+    loop = asyncio.get_running_loop()
     async with watcher.listening():
         seen = watcher.change.last
         status = await asyncio.to_thread(watcher.read, lambda s: get_task(s, task_id).status)
@@ -146,8 +149,8 @@ async def _follow(
                 yield sse("log", {"offset": offset, "text": text}, offset + len(data))
                 offset += len(data)
                 quiet = 0.0
-                if len(data) == MAX_CHUNK:
-                    continue
+                if len(data) == MAX_CHUNK or status in TaskStatus.FINAL:
+                    continue  # more to send, or the end to send once nothing is left
             if status in TaskStatus.FINAL and not data:
                 yield sse("end", {"status": status, "size": offset})
                 return
@@ -155,11 +158,14 @@ async def _follow(
                 offset = 0  # requeued: a new try writes a new log
             change = watcher.change
             if change.last != seen:
-                if change.missed_by(seen) or task_id in change.tasks:
-                    status = await asyncio.to_thread(watcher.read, lambda s: get_task(s, task_id).status)
+                moved = change.missed_by(seen) or task_id in change.tasks
                 seen = change.last
-            await asyncio.sleep(poll)
-            quiet += poll
+                if moved:
+                    status = await asyncio.to_thread(watcher.read, lambda s: get_task(s, task_id).status)
+                    continue
+            began = loop.time()
+            await watcher.next_change(seen, poll)
+            quiet += loop.time() - began
             if quiet >= context.options.live_keepalive:
                 quiet = 0.0
                 yield KEEPALIVE
