@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
@@ -105,11 +105,11 @@ def set_task_status(
 def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> None:
     """Recompute the job's steps and the job itself from their tasks (the only roll-up caller)."""
     now = now or utcnow()
-    rows = session.execute(select(Task.step_id, Task.status).where(Task.job_id == job.id)).all()
     by_step: dict[int, list[str]] = {}
-    for step_id, status in rows:
+    for step_id, status in _task_statuses(session, job.id):
         by_step.setdefault(step_id, []).append(status)
-    steps = session.scalars(select(Step).where(Step.job_id == job.id).order_by(Step.number)).all()
+    with session.no_autoflush:  # the steps changed in this transaction are the session's own objects
+        steps = session.scalars(_STEPS_OF_JOB, {"of_job": job.id}).all()
     ended_badly: dict[int, str] = {}
     for step in steps:  # in dependency order: a dependency is always rolled up before its dependents
         if step.depends_on_id in ended_badly:
@@ -128,6 +128,27 @@ def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> N
     )
 
 
+# Built once: every task's start and end rolls its job up, and a statement built anew is walked for
+# its cache key at every run.
+_TASK_STATUSES = select(Task.id, Task.step_id, Task.status).where(Task.job_id == bindparam("of_job"))
+_STEPS_OF_JOB = select(Step).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
+
+
+def _task_statuses(session: Session, job_id: int) -> list[tuple[int, str]]:
+    """Each task's (step, status) as this transaction sees it. The rows are read on the connection,
+    without flushing the transaction's changes first; the tasks it changed give their statuses
+    themselves. A task's start or end then writes its rows once, at the commit, instead of once per
+    read in between."""
+    if any(isinstance(obj, (Task, Step)) for obj in (*session.new, *session.deleted)):
+        session.flush()  # tasks or steps added or removed: the rows are the simplest truth
+    rows = session.connection().execute(_TASK_STATUSES, {"of_job": job_id}).all()
+    changed = {obj.id: obj for obj in session.dirty if isinstance(obj, Task) and obj.job_id == job_id}
+    return [
+        (step_id, changed[task_id].status if task_id in changed else status)
+        for task_id, step_id, status in rows
+    ]
+
+
 def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> list[str]:
     """A step whose dependency did not complete cannot run: its queued tasks are skipped."""
     statuses = []
@@ -139,10 +160,11 @@ def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> li
 
 
 def _apply_rollup(session: Session, parent: Step | Job, new: str, job_id: int, now: datetime) -> None:
-    if parent.status != new:
+    changed = parent.status != new
+    if changed:
         kind = "job" if isinstance(parent, Job) else "step"
         record_event(session, kind, f"{kind} {new}", job_id=job_id, old=parent.status, new=new, now=now)
         parent.status = new
-        if isinstance(parent, Job) and new in TaskStatus.FINAL:
-            enqueue_job_end(session, parent)
     parent.started, parent.ended = timestamps(new, started=parent.started, ended=parent.ended, now=now)
+    if changed and isinstance(parent, Job) and new in TaskStatus.FINAL:
+        enqueue_job_end(session, parent)
