@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
@@ -46,9 +46,9 @@ def record_plan(
     names = {a.vm for a in plan.actions} | {
         a.displace for a in plan.actions if isinstance(a, Revert) and a.displace
     }
-    vms = {vm.name: vm for vm in session.scalars(select(VM).where(VM.name.in_(names)))}
+    vms = {vm.name: vm for vm in session.scalars(_VMS_NAMED, {"names": sorted(names)})}
     hosts = {
-        h.id: h for h in session.scalars(select(Host).where(Host.id.in_({v.host_id for v in vms.values()})))
+        h.id: h for h in session.scalars(_HOSTS_WITH_IDS, {"ids": sorted({v.host_id for v in vms.values()})})
     }
 
     fitting = _still_fitting(session, plan, vms, hosts)
@@ -77,6 +77,19 @@ def record_plan(
     return work
 
 
+# Statements run at every recorded plan, built once (a statement built anew is walked for its cache key
+# at every run): the VMs the plan acts on and their hosts, and the current rows of the hosts it adds
+# work to (see _still_fitting).
+_VMS_NAMED = select(VM).where(VM.name.in_(bindparam("names", expanding=True)))
+_HOSTS_WITH_IDS = select(Host).where(Host.id.in_(bindparam("ids", expanding=True)))
+_HOSTS_VMS = (
+    select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
+    .where(VM.host_id.in_(bindparam("hosts", expanding=True)), VM.role != VMRole.DELETED)
+    .order_by(VM.id)
+    .with_for_update(key_share=True)
+)
+
+
 def _still_fitting(
     session: Session, plan: Plan, vms: Mapping[str, VM], hosts: Mapping[int, Host]
 ) -> list[Action]:
@@ -89,12 +102,7 @@ def _still_fitting(
     adding = {vms[a.vm].host_id for a in plan.actions if not isinstance(a, PowerOff) and a.vm in vms}
     if not adding:
         return list(plan.actions)
-    rows = session.execute(
-        select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
-        .where(VM.host_id.in_(adding), VM.role != VMRole.DELETED)
-        .order_by(VM.id)
-        .with_for_update(key_share=True)
-    ).all()
+    rows = session.connection().execute(_HOSTS_VMS, {"hosts": sorted(adding)}).all()
     current = {
         row.name: VMView(
             name=row.name,

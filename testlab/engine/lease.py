@@ -107,12 +107,14 @@ def _lost(session: Session, epoch: int) -> LeaseLost:
     )
 
 
+# Built once and run on the connection, past the ORM: it opens every engine write.
+_EPOCH = select(EngineLease.epoch).where(EngineLease.id == LEASE_ID).with_for_update(read=True)
+
+
 def check(session: Session, epoch: int) -> None:
     """Fence: raise LeaseLost unless `epoch` still holds the lease. Called first in every engine
     transaction; on PostgreSQL it also share-locks the row, so a takeover waits for this transaction."""
-    current = session.scalar(
-        select(EngineLease.epoch).where(EngineLease.id == LEASE_ID).with_for_update(read=True)
-    )
+    current = session.connection().execute(_EPOCH).scalar()
     if current != epoch:
         raise _lost(session, epoch)
 

@@ -21,7 +21,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Delivery, Event, Host, Job, Step, Task, User, Webhook, utcnow
@@ -34,6 +34,10 @@ RETRY_BASE = 5.0  # seconds before the second attempt; doubling, at most RETRY_C
 RETRY_CAP = 3600.0
 NEW_FAILURES_SHOWN = 50
 WEBHOOK_EVENTS = ("named", "jobs", "notices", "all")
+# Who could hear of a job's end, asked at every job's end: built once (a statement built anew is
+# walked for its cache key at every run).
+_OWNER = select(User).where(User.name == bindparam("owner"))
+_JOB_HOOKS = select(Webhook.name).where(Webhook.events.in_(("jobs", "all")))
 
 
 def _add(
@@ -81,11 +85,9 @@ def enqueue_job_end(session: Session, job: Job) -> None:
     have no one to tell, so who could be told is looked up before the verdict is worked out."""
     spec = job.notify or {}
     when = spec.get("when", "failure")
-    owner = session.scalars(select(User).where(User.name == job.owner)).first()
+    owner = session.scalars(_OWNER, {"owner": job.owner}).first()
     owner_email = owner.email if owner is not None and owner.notify_on in ("always", "failure") else None
-    global_hooks = [
-        name for (name,) in session.execute(select(Webhook.name).where(Webhook.events.in_(("jobs", "all"))))
-    ]
+    global_hooks = list(session.scalars(_JOB_HOOKS))
     if not (spec.get("email") or spec.get("webhooks") or owner_email or global_hooks):
         return
     verdict = job_verdict(session, job)
