@@ -32,18 +32,23 @@ class Notifier:
     async def run(self) -> None:
         async with httpx.AsyncClient(trust_env=False) as client:
             while True:
-                batch = await self.db.write(outbox.due)
-                if batch:
-                    errors = await asyncio.gather(*(self._send(client, item) for item in batch))
-                    for item, error in zip(batch, errors, strict=True):
-                        if error is not None:
-                            log.warning("%s to %s: %s (will retry)", item["channel"], item["target"], error)
-                        await self.db.write(
-                            outbox.record_attempt, item["id"], error, retry_base=self.retry_base
-                        )
-                    continue
-                wait = await self.db.read(outbox.next_due)
+                # A read first: most wake-ups find nothing due, and a write would take the database's
+                # write lock (on SQLite, from every other writer) to learn that.
                 self.wake.clear()
+                wait = await self.db.read(outbox.next_due)
+                if wait == 0:
+                    batch = await self.db.write(outbox.due)
+                    if batch:
+                        errors = await asyncio.gather(*(self._send(client, item) for item in batch))
+                        for item, error in zip(batch, errors, strict=True):
+                            if error is not None:
+                                log.warning(
+                                    "%s to %s: %s (will retry)", item["channel"], item["target"], error
+                                )
+                            await self.db.write(
+                                outbox.record_attempt, item["id"], error, retry_base=self.retry_base
+                            )
+                        continue
                 timeout = IDLE_WAIT if wait is None else min(max(wait, 0.05), IDLE_WAIT)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
