@@ -67,14 +67,14 @@ class Outcomes:
 
     def revert_done(self, session: Session, vm_id: int, boot_id: str) -> None:
         vm = _locked_vm(session, vm_id)
+        self._host_works(session, vm)  # first: its read would write the VM's change on its own
         vm.boot_id = boot_id
-        self._host_works(session, vm)
         end_operation(session, vm, VMStatus.IDLE, f"reverted to {vm.snapshot}, agent boot {boot_id[:8]}")
 
     def poweroff_done(self, session: Session, vm_id: int) -> None:
         vm = _locked_vm(session, vm_id)
+        self._host_works(session, vm)  # first: its read would write the VM's change on its own
         vm.boot_id = None
-        self._host_works(session, vm)
         wipe_lifecycle(session, vm, utcnow())  # an off VM is always reverted before its next use
         end_operation(session, vm, VMStatus.OFF, "powered off")
 
