@@ -77,8 +77,12 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 @cache
-def get_engine(url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engine:
-    """One engine per URL (and SQLite busy timeout: the engine's lease uses a short one)."""
+def get_engine(
+    url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, idle_in_transaction_ms: int | None = None
+) -> Engine:
+    """One engine per URL (and SQLite busy timeout: the engine's lease uses a short one; and on
+    PostgreSQL, how long the server lets a session sit idle inside a transaction before ending it,
+    which the testlab engine bounds: see testlab/engine/lease.py)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -99,7 +103,12 @@ def get_engine(url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> Engin
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
-                "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}",
+                "options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"
+                + (
+                    f" -c idle_in_transaction_session_timeout={idle_in_transaction_ms}"
+                    if idle_in_transaction_ms
+                    else ""
+                ),
             },
         )
         event.listen(engine, "begin", _track_writes)
@@ -112,8 +121,10 @@ def is_sqlite(url: str) -> bool:
 
 
 @cache
-def _sessions(url: str, readonly: bool, busy_timeout_ms: int) -> sessionmaker[Session]:
-    engine = get_engine(url, busy_timeout_ms)
+def _sessions(
+    url: str, readonly: bool, busy_timeout_ms: int, idle_in_transaction_ms: int | None
+) -> sessionmaker[Session]:
+    engine = get_engine(url, busy_timeout_ms, idle_in_transaction_ms)
     if readonly:
         if is_sqlite(url):
             bind = engine.execution_options(testlab_sqlite_begin="DEFERRED")
@@ -194,12 +205,13 @@ def session_scope(
     readonly: bool = False,
     actor: str | None = None,
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    idle_in_transaction_ms: int | None = None,
 ) -> Iterator[Session]:
     """One transaction: committed on success, rolled back on any error (no partial writes).
 
     `actor` is recorded with every event the transaction writes (who changed what). Once committed,
     a transaction that wrote anything wakes the engine."""
-    session = _sessions(url, readonly, busy_timeout_ms)()
+    session = _sessions(url, readonly, busy_timeout_ms, idle_in_transaction_ms)()
     if actor is not None:
         session.info["actor"] = actor
     try:
@@ -231,6 +243,7 @@ def run_transaction(
     actor: str | None = None,
     attempts: int = CONFLICT_ATTEMPTS,
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    idle_in_transaction_ms: int | None = None,
 ) -> T:
     """Run `work(session)` in one transaction; when a conditional write finds that a row it read has
     moved on, or PostgreSQL chose it as a deadlock's victim (two writers locking rows in opposite
@@ -239,7 +252,11 @@ def run_transaction(
     for attempt in range(1, attempts + 1):
         try:
             with session_scope(
-                url, readonly=readonly, actor=actor, busy_timeout_ms=busy_timeout_ms
+                url,
+                readonly=readonly,
+                actor=actor,
+                busy_timeout_ms=busy_timeout_ms,
+                idle_in_transaction_ms=idle_in_transaction_ms,
             ) as session:
                 return work(session)
         except (StaleDataError, DBAPIError) as error:

@@ -68,7 +68,9 @@ class EngineDatabase:
                 lease.check(session, self.epoch)
             return work(session, *args, **kwargs)
 
-        return run_transaction(self.url, unit, actor=self.actor)
+        return run_transaction(
+            self.url, unit, actor=self.actor, idle_in_transaction_ms=lease.ENGINE_IDLE_IN_TRANSACTION_MS
+        )
 
     def close(self) -> None:
         self._thread.shutdown(wait=False)

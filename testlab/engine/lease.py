@@ -148,6 +148,11 @@ def release(session: Session, holder: str, epoch: int) -> None:
 # The engine trusts its lease for this share of the TTL after a confirmation began: the rest is a
 # margin for clock drift between machines and for the time a renewal takes.
 TRUST = 0.8
+# An engine's transactions never wait on anything but the database, so one idle inside a transaction
+# for this long is an engine that stopped (SIGSTOP, a suspended VM) in the middle of a write, holding
+# the lease row's lock; PostgreSQL ends such a session (its write is rolled back), and the next
+# engine's takeover waits this long at most instead of until the frozen engine resumes.
+ENGINE_IDLE_IN_TRANSACTION_MS = 10_000
 
 
 class LeaseKeeper:
@@ -172,7 +177,11 @@ class LeaseKeeper:
 
     async def _call(self, work: Callable[[Session], T]) -> T:
         call = functools.partial(
-            run_transaction, self.url, work, busy_timeout_ms=max(100, int(self.ttl * 1000 / 3))
+            run_transaction,
+            self.url,
+            work,
+            busy_timeout_ms=max(100, int(self.ttl * 1000 / 3)),
+            idle_in_transaction_ms=ENGINE_IDLE_IN_TRANSACTION_MS,
         )
         return await asyncio.wrap_future(self._thread.submit(call))
 

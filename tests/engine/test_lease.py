@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 
 import pytest
 from sqlalchemy import select
 
 from testlab.db.models import EngineLease, Event
-from testlab.db.session import session_scope
+from testlab.db.session import run_transaction, session_scope
+from testlab.engine import lease
+from testlab.engine.database import EngineDatabase
 from tests.engine.harness import (
     EngineProcess,
     check_history,
@@ -98,3 +101,41 @@ def test_restart_right_after_kill_is_not_refused_by_an_unreaped_holder(settings,
     finally:
         second.stop()
         first.process.wait(timeout=10)
+
+
+def test_an_engine_frozen_inside_a_transaction_does_not_keep_its_successor_out(settings, tmp_path):
+    """An engine paused (SIGSTOP, a suspended VM) in the middle of one of its writes holds the lease
+    row's lock: the next engine's takeover waits for that transaction. The server ends an engine's
+    transaction left idle that long, so the takeover waits seconds, not until the frozen engine
+    resumes (CI once saw a takeover wait 30 s for an engine stopped mid-write)."""
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no row locks: a frozen writer holds the whole database (busy timeout)")
+    make_lab(settings, tmp_path / "vms", {"h1": ["v1"]})
+    url = settings.database_url
+    first = run_transaction(url, lambda s: lease.acquire(s, "vm:1:1", ttl=1.0))
+    frozen = EngineDatabase(url)
+    frozen.epoch = first
+    inside, thaw = threading.Event(), threading.Event()
+
+    def write_and_freeze(session) -> None:
+        inside.set()
+        thaw.wait(120)
+
+    holder = threading.Thread(target=lambda: frozen_write(frozen, write_and_freeze), daemon=True)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        time.sleep(1.5)  # past the frozen engine's lease
+        started = time.monotonic()
+        second = run_transaction(url, lambda s: lease.acquire(s, "vm:2:2", ttl=10.0))
+        waited = time.monotonic() - started
+    finally:
+        thaw.set()
+        holder.join(30)
+    assert second == first + 1
+    assert waited < lease.ENGINE_IDLE_IN_TRANSACTION_MS / 1000 + 5, f"the takeover waited {waited:.1f} s"
+
+
+def frozen_write(database: EngineDatabase, work) -> None:
+    with contextlib.suppress(Exception):  # the server ended it: what the test is about
+        database._fenced(work, (), {})
