@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from testlab.domain.labfile import LabDef
 from testlab.domain.limits import HostLimits
 from testlab.domain.statuses import TaskStatus
-from testlab.sim.groups import host_groups
+from testlab.scheduler.groups import host_groups
 from testlab.sim.jobs import SimJob, SimStep
 from testlab.sim.targets import Pool
 from testlab.sim.workload import Workload

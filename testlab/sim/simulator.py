@@ -11,7 +11,7 @@ Speed: the scheduler is only called for hosts where something changed, and only 
 VMs and tasks. testlab's plan() decides each host on its own (limits, domains and sacrifices are
 per host; queue order only compares tasks of one host) except for pool tasks, which take the best
 of their candidates over several hosts. So a host is planned alone while no pool task is queued on
-its group (testlab.sim.groups: the hosts linked by pools), and with its whole group otherwise: that
+its group (testlab.scheduler.groups: the hosts linked by pools), and with its whole group otherwise: that
 gives exactly the actions of one plan over the whole lab (tests/sim checks this on random labs).
 """
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from testlab.domain.labfile import LabDef
 from testlab.domain.rollup import rollup
 from testlab.domain.statuses import TaskStatus, VMStatus
+from testlab.scheduler.groups import host_groups
 from testlab.scheduler.snapshot import Plan, PowerOff, Revert, Snapshot, StartTask, TaskView, VMView
-from testlab.sim.groups import host_groups
 from testlab.sim.jobs import SimJob, SimStep, SimTask, draw_outcome, first_try, generate_jobs
 from testlab.sim.policies import Policy
 from testlab.sim.vmstate import LabClock, SimHost, SimVM

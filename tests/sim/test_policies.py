@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 
 from testlab.scheduler import HostLimits, PowerOff, Revert, Snapshot, StartTask, plan
+from testlab.scheduler.groups import host_groups
 from testlab.sim.fifo import fifo_plan
-from testlab.sim.groups import host_groups
 from testlab.sim.policies import POLICIES, get_policy
 from tests.unit.scheduler import check_plan, lab, task, vm
 from tests.unit.scheduler.test_properties import PROPERTY_SETTINGS, labs

@@ -1,4 +1,4 @@
-"""Which hosts the simulator must plan together.
+"""Which hosts must be planned together (the simulator, and the engine round after round).
 
 `plan()` decides each host on its own (limits, domains and sacrifices are per host, and queue order
 only compares tasks of one host) except for pool tasks: a pool task takes the best of its candidates
