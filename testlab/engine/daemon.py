@@ -37,9 +37,11 @@ from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from testlab.engine.reconcile import reconcile
+from testlab.engine.reuse import LastViews
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork, View
 from testlab.metrics import OPERATION_SECONDS, ROUND_SECONDS
-from testlab.scheduler import PowerOff, plan
+from testlab.scheduler import PowerOff
+from testlab.scheduler.rounds import Carried, plan_round
 from testlab.services.jobs import recover_staged_jobs
 from testlab.threads import DaemonThreadPool
 
@@ -78,6 +80,8 @@ class Engine:
         self._demand: dict[int, int] = {}
         self._demand_read = -DEMAND_REFRESH  # never: the first round counts
         self._planner = DaemonThreadPool(1, "testlab-plan")
+        self._last_views = LastViews()  # the last round's views, reused where nothing changed
+        self._carried: Carried | None = None  # what the last plan leaves to the next (its quiet hosts)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_event = -1
@@ -284,6 +288,7 @@ class Engine:
             frozenset(self.inflight),
             time.time(),
             self._demand if fresh else None,
+            self._last_views,
         )
         if not fresh:
             self._demand, self._demand_read = view.demand, time.monotonic()
@@ -295,7 +300,9 @@ class Engine:
             log.warning("%s", notice)
             await self.db.write(record_notice, notice)
         loop = asyncio.get_running_loop()
-        decided = await loop.run_in_executor(self._planner, plan, view.snapshot)
+        decided, self._carried = await loop.run_in_executor(
+            self._planner, plan_round, view.snapshot, self._carried
+        )
         blocked = {f"vm {vm}": reason for vm, reason in decided.blocked.items()}
         if paused is not None:
             blocked["engine"] = paused

@@ -14,6 +14,7 @@ from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
 from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
+from testlab.engine.reuse import LastViews
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, View, vm_ref
 from testlab.hypervisor import HostConfig
 from testlab.scheduler.heads import queue_heads
@@ -24,8 +25,9 @@ DEMAND_WINDOW = timedelta(days=1)
 
 # Built once: a round runs these every time, and building a statement costs more than running it.
 # Hosts and VMs are read as plain rows: the round only reads them, and ORM objects cost twice as much.
-_HOSTS = select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False))
-_VMS = select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED)
+# In a stable order, so that the views of what did not change come out the same (engine/reuse.py).
+_HOSTS = select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False)).order_by(Host.__table__.c.id)
+_VMS = select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED).order_by(VM.__table__.c.id)
 _RUNNING = select(Task.id, Task.command_id).where(Task.status == TaskStatus.RUNNING)
 _TO_KILL = (
     select(
@@ -58,10 +60,15 @@ def read_round(
     inflight: frozenset[str],
     now: float,
     demand: dict[int, int] | None = None,
+    last: LastViews | None = None,
 ) -> View:
     """The round's view. `demand` (tasks per VM over the last day, only a tie-breaker for keeping VMs
     ready) is counted when not given: the engine passes the last count while it is recent, sparing
-    a scan of the day's tasks at every round."""
+    a scan of the day's tasks at every round. `last` holds the engine's views of the last round: the
+    snapshot reuses those that did not change (testlab/engine/reuse.py)."""
+    if last is None:
+        last = LastViews()
+    last.next_round()
     hosts = session.execute(_HOSTS).all()
     host_names = {h.id: h.name for h in hosts}
     if demand is None:
@@ -69,30 +76,9 @@ def read_round(
     vms = [vm for vm in session.execute(_VMS) if vm.host_id in host_names]
     snapshot = Snapshot(
         now=now,
-        hosts={
-            h.name: HostView(
-                name=h.name,
-                limits=HostLimits(**{f: getattr(h, f) for f in LIMIT_FIELDS}),
-                up=h.status == HostStatus.UP,
-                no_reverts=_short_of_disk(h, options),
-            )
-            for h in hosts
-        },
-        vms={
-            vm.name: VMView(
-                name=vm.name,
-                host=host_names[vm.host_id],
-                domain=vm.domain,
-                status=vm.status,
-                role=vm.role,
-                busy=vm.operation is not None or vm.name in inflight,
-                maintenance_requested=vm.maintenance_requested,
-                recent_demand=demand.get(vm.id, 0),
-                used=bool(vm.uses),
-            )
-            for vm in vms
-        },
-        tasks=_queued_tasks(session, vms),
+        hosts={h.name: _host_view(h, options, last) for h in hosts},
+        vms={vm.name: _vm_view(vm, host_names, inflight, demand, last) for vm in vms},
+        tasks=_queued_tasks(session, vms, last),
     )
     current = utcnow()
     running = dict(session.execute(_RUNNING).all())
@@ -114,6 +100,31 @@ def read_round(
         demand=demand,
         next_due=_next_due(hosts, vms, options),
     )
+
+
+def _host_view(host: Row, options: EngineOptions, last: LastViews) -> HostView:
+    key = (host.name, tuple(getattr(host, f) for f in LIMIT_FIELDS), host.status == HostStatus.UP)
+    key += (_short_of_disk(host, options),)
+    return last.hosts.get(key) or last.hosts.keep(
+        key, HostView(key[0], HostLimits(**dict(zip(LIMIT_FIELDS, key[1], strict=True))), key[2], key[3])
+    )
+
+
+def _vm_view(
+    vm: Row, host_names: dict[int, str], inflight: frozenset[str], demand: dict[int, int], last: LastViews
+) -> VMView:
+    key = (
+        vm.name,
+        host_names[vm.host_id],
+        vm.domain,
+        vm.status,
+        vm.role,
+        vm.operation is not None or vm.name in inflight,  # busy
+        vm.maintenance_requested,
+        demand.get(vm.id, 0),  # recent_demand
+        bool(vm.uses),  # used
+    )
+    return last.vms.get(key) or last.vms.keep(key, VMView(*key))
 
 
 def _next_due(hosts: list[Row], vms: list[Row], options: EngineOptions) -> datetime | None:
@@ -211,7 +222,7 @@ def _queue_heads_statement() -> Select:
 _QUEUE_HEADS = _queue_heads_statement()
 
 
-def _queued_tasks(session: Session, vms: list[Row]) -> tuple[TaskView, ...]:
+def _queued_tasks(session: Session, vms: list[Row], last: LastViews) -> tuple[TaskView, ...]:
     """The queue heads (see `testlab.scheduler.heads`), in queue order: the database ranks each task
     within its VM's or its pool's stage, so a deep queue is never read; what only shows across stages
     (a next-step task behind its VM's runnable one) or needs the lab (a pool's number of candidates)
@@ -233,23 +244,31 @@ def _queued_tasks(session: Session, vms: list[Row]) -> tuple[TaskView, ...]:
             if found is None:
                 if not selectable:
                     selectable.extend((vm.name, vm.labels or [], vm.role) for vm in vms)
-                found = pools[key] = tuple(
+                found = tuple(
                     name for name, vm_labels, role in selectable if selected_by(key, vm_labels, role)
                 )
+                found = pools[key] = last.pools.get(found) or last.pools.keep(found, found)
         pools_by_text[labels_text] = found
         return found
 
     rows = session.execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
     tasks = []
+    reuse = last.tasks
     for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:
         if vm_id is None:
             pool = pool_of(pool_labels)
-            if pool is not None:
-                tasks.append(TaskView(task_id, None, job_id, priority, step_id, stage_number, pool, clean))
-        elif vm_id in vm_names:
-            tasks.append(
-                TaskView(task_id, vm_names[vm_id], job_id, priority, step_id, stage_number, clean=clean)
+            if pool is None:
+                continue
+            key = (task_id, None, job_id, priority, step_id, stage_number, id(pool), clean)
+            view = reuse.get(key) or reuse.keep(
+                key, TaskView(task_id, None, job_id, priority, step_id, stage_number, pool, clean)
             )
+        elif vm_id in vm_names:
+            key = (task_id, vm_names[vm_id], job_id, priority, step_id, stage_number, (), clean)
+            view = reuse.get(key) or reuse.keep(key, TaskView(*key))
+        else:
+            continue
+        tasks.append(view)
     return queue_heads(tasks)
 
 
