@@ -55,24 +55,28 @@ def plan_round(snapshot: Snapshot, carried: Carried | None = None) -> tuple[Plan
     vms = snapshot.vms
     tasks = snapshot.tasks
     host_vms: dict[str, list[VMView]] = {name: [] for name in hosts}
-    for vm in vms.values():
-        members = host_vms.get(vm.host)
+    host_of: dict[str, str] = {}
+    for name, vm in vms.items():
+        host = vm.host
+        members = host_vms.get(host)
         if members is None:
             return plan(snapshot), Carried()  # which raises: a VM on an unknown host
         members.append(vm)
-    pools = {id(task.candidates): task.candidates for task in tasks if task.vm is None}
-    group = _groups(snapshot, pools) if pools else None
+        host_of[name] = host
 
     # Each task's unit: its VM's host (or its host's group); None for the tasks no host holds (of
     # unknown VMs), which are planned every round (plan() only reports them blocked).
-    host_of = {vm.name: vm.host for vm in vms.values()}
     units = list(map(host_of.get, map(_VM_OF, tasks)))
-    if group is not None:
-        for index, task in enumerate(tasks):
-            if task.vm is None:
-                vm = _first_known(vms, task.candidates)
-                units[index] = None if vm is None else vm.host
-        units = [None if host is None else group[host] for host in units]
+    group = None
+    if None in units:  # pool tasks, or tasks of unknown VMs
+        pools = {id(task.candidates): task.candidates for task in tasks if task.vm is None}
+        if pools:
+            group = _groups(snapshot, pools)
+            for index, task in enumerate(tasks):
+                if task.vm is None:
+                    vm = _first_known(vms, task.candidates)
+                    units[index] = None if vm is None else vm.host
+            units = [None if host is None else group[host] for host in units]
     unit_tasks: dict[str | None, list[TaskView]] = {None: []}
     if group is None:
         members = {name: [name] for name in hosts}
