@@ -77,7 +77,8 @@ def read_round(
     snapshot = Snapshot(
         now=now,
         hosts={h.name: _host_view(h, options, last) for h in hosts},
-        vms={vm.name: _vm_view(vm, host_names, inflight, demand, last) for vm in vms},
+        # keyed by the views' own names: the same strings as last round's where the view is reused
+        vms={view.name: view for view in (_vm_view(vm, host_names, inflight, demand, last) for vm in vms)},
         tasks=_queued_tasks(session, vms, last),
     )
     current = utcnow()

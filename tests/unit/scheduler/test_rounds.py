@@ -7,7 +7,7 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testlab.scheduler import HostLimits, PowerOff, Revert, Snapshot, StartTask, plan
+from testlab.scheduler import HostLimits, PowerOff, Revert, Snapshot, StartTask, TaskView, plan
 from testlab.scheduler.rounds import plan_round
 from tests.unit.scheduler import apply, lab, pool_task, task, vm
 from tests.unit.scheduler.test_properties import PROPERTY_SETTINGS, STATUSES, labs
@@ -34,6 +34,22 @@ def _next_round(snapshot: Snapshot, draw: st.DrawFn) -> Snapshot:
         )
     if tasks and draw(st.booleans()):
         tasks = tasks[1:]
+    if draw(st.booleans()):  # a job submitted: a task somewhere in the queue, on a VM or of a pool
+        pools = [t.candidates for t in tasks if t.vm is None] or [tuple(names[:2])]  # one tuple a pool
+        pinned = draw(st.booleans())
+        new = TaskView(
+            id=1000 + int(snapshot.now),
+            vm=draw(st.sampled_from([*names, "ghost"])) if pinned else None,
+            job_id=draw(st.integers(1, 6)),
+            priority=draw(st.integers(0, 3)),
+            step_id=draw(st.integers(1, 3)),
+            stage=draw(st.integers(0, 1)),
+            candidates=() if pinned else draw(st.sampled_from(pools)),
+        )
+        at = draw(st.integers(0, len(tasks)))
+        tasks = (*tasks[:at], new, *tasks[at:])
+    if len(tasks) > 1 and draw(st.integers(0, 9)) == 0:  # the queue reordered
+        tasks = tasks[::-1]
     return Snapshot(snapshot.now + 1, snapshot.hosts, vms, tasks)
 
 
@@ -96,3 +112,18 @@ def test_a_task_for_an_unknown_vm_is_reported_every_round():
     assert decided.blocked == {"ghost": "vm ghost does not exist"}
     decided, _ = plan_round(snapshot, carried)
     assert decided.blocked == {"ghost": "vm ghost does not exist"}
+
+
+def test_a_queue_reordered_is_planned_again():
+    """Queue order alone can decide whether a host has anything to do: here the first task wants a
+    clean VM, which this host cannot revert; once the other task comes first, it starts."""
+    clean = dataclasses.replace(task(1, "a"), clean=True)
+    snapshot = lab(
+        [vm("a", "idle", used=True)], [clean, task(2, "a")], limits=HostLimits(max_reverting=0, max_running=1)
+    )
+    decided, carried = plan_round(snapshot)
+    assert decided.actions == ()
+    reordered = dataclasses.replace(snapshot, tasks=snapshot.tasks[::-1])
+    decided, _ = plan_round(reordered, carried)
+    assert decided == plan(reordered)
+    assert decided.actions == (StartTask(task_id=2, vm="a"),)
