@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testlab.scheduler import HostLimits, PowerOff, Revert, Snapshot, StartTask, TaskView, plan
+from testlab.scheduler import HostLimits, PowerOff, Revert, Snapshot, SnapshotError, StartTask, TaskView, plan
 from testlab.scheduler.rounds import plan_round
 from tests.unit.scheduler import apply, lab, pool_task, task, vm
 from tests.unit.scheduler.test_properties import PROPERTY_SETTINGS, STATUSES, labs
@@ -127,3 +128,17 @@ def test_a_queue_reordered_is_planned_again():
     decided, _ = plan_round(reordered, carried)
     assert decided == plan(reordered)
     assert decided.actions == (StartTask(task_id=2, vm="a"),)
+
+
+def test_a_malformed_snapshot_is_refused_as_plan_refuses_it():
+    good = lab([vm("a", "idle"), vm("b", host="h2")], [task(1, "a")])
+    _, carried = plan_round(good)
+    unknown_host = dataclasses.replace(good, vms={**good.vms, "c": vm("c", host="h9")})
+    bad_status = dataclasses.replace(good, vms={**good.vms, "b": vm("b", "melted", host="h2")})
+    for snapshot in (unknown_host, bad_status):
+        for previous in (None, carried):
+            with pytest.raises(SnapshotError) as refused:
+                plan_round(snapshot, previous)
+            with pytest.raises(SnapshotError) as expected:
+                plan(snapshot)
+            assert str(refused.value) == str(expected.value)
