@@ -164,8 +164,14 @@ class Engine:
         env = {**os.environ, "TESTLAB_HOME": str(settings.home), "TESTLAB_DB": settings.database_url}
         self.log = settings.home / "engine.log"
         with self.log.open("ab") as log:
+            # From the bench's own tree: `-m` imports from the working directory first, and a comparison
+            # run from another checkout must time that checkout's engine.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "testlab", "engine"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "testlab", "engine"],
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         cpu.engine_pid = self.process.pid
 
