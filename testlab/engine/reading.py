@@ -104,17 +104,19 @@ def read_round(
 
 
 def _host_view(host: Row, options: EngineOptions, last: LastViews) -> HostView:
-    key = (host.name, tuple(getattr(host, f) for f in LIMIT_FIELDS), host.status == HostStatus.UP)
-    key += (_short_of_disk(host, options),)
+    limits = tuple(getattr(host, f) for f in LIMIT_FIELDS)
+    up = host.status == HostStatus.UP
+    no_reverts = _short_of_disk(host, options)
+    key = (host.name, limits, up, no_reverts)
     return last.hosts.get(key) or last.hosts.keep(
-        key, HostView(key[0], HostLimits(**dict(zip(LIMIT_FIELDS, key[1], strict=True))), key[2], key[3])
+        key, HostView(host.name, HostLimits(**dict(zip(LIMIT_FIELDS, limits, strict=True))), up, no_reverts)
     )
 
 
 def _vm_view(
     vm: Row, host_names: dict[int, str], inflight: frozenset[str], demand: dict[int, int], last: LastViews
 ) -> VMView:
-    key = (
+    key = (  # VMView's fields, in its order
         vm.name,
         host_names[vm.host_id],
         vm.domain,

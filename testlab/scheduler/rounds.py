@@ -220,12 +220,12 @@ def _updated(last: _Layout, snapshot: Snapshot) -> _Layout | None:
         if len(kept) < len(old):
             gone_keys = set(last.keys).difference(kept)
             removed = list(compress(old, map(gone_keys.__contains__, last.keys)))
-        touched: set[Unit] = set()
-        for task in chain(added, removed):
-            if task.vm is None:
-                return None  # a pool task queued or gone: the groups may change
-            host = last.host_of.get(task.vm)
-            touched.add(None if host is None else last.unit_of_host(host))
+        if any(task.vm is None for task in chain(added, removed)):
+            return None  # a pool task queued or gone: the groups may change
+        arrived: dict[Unit, list[TaskView]] = {}
+        for task in added:
+            arrived.setdefault(_unit_of_task(last, task), []).append(task)
+        touched = {*arrived, *(_unit_of_task(last, task) for task in removed)}
         position = dict(position)
         for task in removed:
             del position[id(task)]
@@ -243,7 +243,7 @@ def _updated(last: _Layout, snapshot: Snapshot) -> _Layout | None:
         gone = set(map(id, removed))
         for unit in touched:
             mine = [task for task in unit_tasks[unit] if id(task) not in gone]
-            mine += [task for task in added if _unit_of_task(last, task) == unit]
+            mine += arrived.get(unit, [])
             mine.sort(key=lambda task: position[id(task)])
             unit_tasks[unit] = mine
     return _Layout(
@@ -263,7 +263,8 @@ def _updated(last: _Layout, snapshot: Snapshot) -> _Layout | None:
 
 
 def _unit_of_task(layout: _Layout, task: TaskView) -> Unit:
-    host = layout.host_of.get(task.vm) if task.vm is not None else None
+    """A pinned task's unit: its VM's host's (None for an unknown VM)."""
+    host = layout.host_of.get(task.vm)
     return None if host is None else layout.unit_of_host(host)
 
 
