@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -82,6 +84,22 @@ def own_cpu(pid: int) -> float:
     """Seconds of CPU the process (all its threads) used: utime + stime."""
     fields = _stat(pid)
     return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
+
+
+def thread_cpu(pid: int) -> Counter[str]:
+    """Seconds of CPU by thread kind: the engine names its threads (testlab-db, host-h1, ...; a
+    pool's numbered workers count as one kind); the main thread runs the event loop."""
+    spent: Counter[str] = Counter()
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    raw = f.read().decode("ascii", "replace")
+                name = raw[raw.index("(") + 1 : raw.rindex(")")]
+                fields = raw[raw.rindex(")") + 2 :].split()
+                kind = "event loop" if tid == str(pid) else re.sub(r"-\d+$", "", name)
+                spent[kind] += (int(fields[11]) + int(fields[12])) / TICK
+    return spent
 
 
 def waited_cpu(pid: int) -> float:
@@ -283,6 +301,7 @@ class Round:
     wall: float
     engine_cpu: float
     lab_cpu: float
+    engine_threads: Counter[str]
     pooled: bool = False
 
     @property
@@ -313,15 +332,19 @@ def throughput(
             jobs = [(f"t{n}", _job(f"t{n}", lab.vms[n % vm_count], "true")) for n in range(tasks)]
         ids = submit_all(lab.settings, lab.jobs, jobs)
         engine_before, lab_before = own_cpu(lab.engine.pid), cpu.total()
+        threads_before = thread_cpu(lab.engine.pid)
         started = time.time()
         wait_quiet(lab.settings, lab.engine, ids)
         ended = last_idle(lab.settings)
+        threads = thread_cpu(lab.engine.pid)
+        threads.subtract(threads_before)
         return Round(
             vm_count,
             tasks,
             ended - started,
             own_cpu(lab.engine.pid) - engine_before,
             cpu.total() - lab_before,
+            threads,
             pooled,
         )
     finally:
@@ -366,6 +389,14 @@ def _verdict(values: list[float], target: float, unit: str = " ms") -> str:
     """The median against its target (at most `target`)."""
     median = statistics.median(values)
     return f"[target {target:g}{unit}: {'met' if median <= target else 'MISSED'}]"
+
+
+def _by_thread(runs: list[Round]) -> str:
+    spent: Counter[str] = Counter()
+    for run in runs:
+        spent.update(run.engine_threads)
+    tasks = sum(run.tasks for run in runs)
+    return ", ".join(f"{kind} {seconds / tasks * 1000:.1f}" for kind, seconds in spent.most_common())
 
 
 def _spread(values: list[float], unit: str, digits: int = 1) -> str:
@@ -419,6 +450,7 @@ def main() -> None:
             engine = [r.engine_ms for r in runs]
             verdict = _verdict(engine, ENGINE_MS)
             print(f"  engine CPU per task:                 {_spread(engine, 'ms')}  {verdict}")
+            print(f"    by thread (ms per task, all rounds): {_by_thread(runs)}")
             print(f"  lab CPU per task (sandboxes, agents): {_spread([r.lab_ms for r in runs], 'ms')}")
         root = base / "idle"
         idle, latencies = idle_and_latency(root, database(root), cpu, args.idle_seconds, args.latency_runs)

@@ -8,12 +8,27 @@ as long as the call hangs: its deadline would not be real. These pools use daemo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ctypes
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+PR_SET_NAME = 15
+OS_NAME_LIMIT = 15  # bytes the kernel keeps of a thread's name
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread `name` in the kernel too (Linux), so that `top -H`, `ps -L` and
+    /proc/PID/task/TID/comm tell an engine's database thread from its planner or a host's workers."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # a name for operators only: never a failure
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:OS_NAME_LIMIT], 0, 0, 0)
 
 
 class DaemonThreadPool(concurrent.futures.Executor):
@@ -46,6 +61,7 @@ class DaemonThreadPool(concurrent.futures.Executor):
         return future
 
     def _worker(self) -> None:
+        name_os_thread(threading.current_thread().name)
         while True:
             item = self._work.get()
             if item is None:

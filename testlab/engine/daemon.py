@@ -14,6 +14,7 @@ restart) and a failed planning round (one line in the log, a back-off, and the n
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -43,12 +44,13 @@ from testlab.metrics import OPERATION_SECONDS, ROUND_SECONDS
 from testlab.scheduler import PowerOff
 from testlab.scheduler.rounds import Carried, plan_round
 from testlab.services.jobs import recover_staged_jobs
-from testlab.threads import DaemonThreadPool
+from testlab.threads import DaemonThreadPool, name_os_thread
 
 log = logging.getLogger("testlab.engine")
 
 SHUTDOWN_GRACE = 5.0  # seconds a stopping engine gives its connections to close
 FIRST_CHECKS_WAIT = 5.0  # seconds a starting engine waits for its hosts' first health checks
+IO_THREADS = 8  # threads for the engine's file work (task outputs, logs, reports)
 DEMAND_REFRESH = 60.0  # seconds a count of the VMs' recent tasks (a keep-ready tie-breaker) is reused
 
 
@@ -439,6 +441,12 @@ def run_engine(settings: Settings, options: EngineOptions | None = None) -> int:
     async def main() -> int:
         engine = Engine(settings, options)
         loop = asyncio.get_running_loop()
+        # asyncio.to_thread's workers (the engine's file work), named for `top -H` like its other threads
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(
+                IO_THREADS, "testlab-io", initializer=name_os_thread, initargs=("testlab-io",)
+            )
+        )
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, engine.stop)
         return await engine.run()
