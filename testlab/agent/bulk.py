@@ -29,6 +29,30 @@ MAX_HEAD = 64 << 10
 class Head:
     status: int
     headers: dict[str, str]  # names in lower case
+    length: int = 0  # the body's Content-Length
+
+
+def parse_head(raw: bytes) -> Head:
+    """A response head (status line and headers, without the blank line) as the agent sends it: its
+    bodies always have a Content-Length (testlab/agent/server.py), so a chunked one is refused."""
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ProtocolError(f"agent sent a bad status line {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise ProtocolError("agent sent a chunked answer where a Content-Length was expected")
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        raise ProtocolError("agent sent a bad Content-Length") from None
+    if length < 0:
+        raise ProtocolError("agent sent a bad Content-Length")
+    return Head(int(parts[1]), headers, length)
 
 
 class BulkExchange:
@@ -123,27 +147,13 @@ class BulkExchange:
             if not n:
                 raise TransportFailure("connection closed before the answer")
             self._pending += view[:n]
-        lines = bytes(self._pending[:end]).decode("latin-1").split("\r\n")
+        head = parse_head(bytes(self._pending[:end]))
         del self._pending[: end + 4]
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ProtocolError(f"agent sent a bad status line {lines[0][:80]!r}")
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ProtocolError("agent sent a chunked answer where a Content-Length was expected")
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            raise ProtocolError("agent sent a bad Content-Length") from None
-        self._body_left = length - len(self._pending)
+        self._body_left = head.length - len(self._pending)
         if self._body_left < 0:
-            del self._pending[length:]
+            del self._pending[head.length :]
             self._body_left = 0
-        return Head(int(parts[1]), headers)
+        return head
 
     def readinto(self, view: memoryview) -> int:
         """Body bytes into ``view``; 0 only at the end of the body, which a broken connection never fakes."""

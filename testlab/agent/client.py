@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import inspect
 import json
@@ -19,15 +18,14 @@ import mmap
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
-
 from testlab.agent.bulk import BulkExchange, extract_archive
+from testlab.agent.calls import AgentCalls, Answer
 from testlab.agent.errors import (
     AgentError,
     AgentUnreachable,
@@ -88,13 +86,6 @@ class CommandState:
         return self.state in FINISHED_STATES
 
 
-@functools.cache
-def _shared_tls_context() -> ssl.SSLContext:
-    """One CA-bundle context per process for plain-HTTP clients, which never use it: httpx would
-    otherwise load the bundle for every new client (tens of milliseconds, on the event loop)."""
-    return ssl.create_default_context()
-
-
 def _sha256_file(path: Path) -> str:
     """Hashes straight from the page cache through a mapping, sparing a copy of every byte."""
     digest = hashlib.sha256()
@@ -146,7 +137,7 @@ class AgentClient:
         self._request_timeout = request_timeout
         self._retry_deadline = retry_deadline
         parts = urlsplit(self.url)
-        self._host = parts.hostname or ""  # a bad url fails each call as unreachable, as httpx does
+        self._host = parts.hostname or ""  # a bad url: each call fails as unreachable
         try:
             self._port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -159,13 +150,7 @@ class AgentClient:
                 self._ssl.check_hostname = False
                 self._ssl.verify_mode = ssl.CERT_NONE
         self._auth = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": self._auth},
-            timeout=self._timeout(),
-            verify=self._ssl if self._ssl is not None else _shared_tls_context(),
-            trust_env=False,
-        )
+        self._http = AgentCalls(self._host, self._port, self._netloc, self._ssl, self._auth)
         self._last_contact = 0.0
         self._max_upload: int | None = None
 
@@ -180,8 +165,25 @@ class AgentClient:
 
     # ------------------------------------------------------------------------------------ plumbing
 
-    def _timeout(self, extra: float = 0.0) -> httpx.Timeout:
-        return httpx.Timeout(self._request_timeout + extra, connect=self._connect_timeout)
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra_time: float = 0.0,
+    ) -> Answer:
+        """One request, given the usual request time plus `extra_time` (a long poll's wait)."""
+        return await self._http.request(
+            method,
+            f"{path}?{urlencode(params)}" if params else path,
+            body=body,
+            content_type=content_type,
+            timeout=self._request_timeout + extra_time,
+            connect_timeout=self._connect_timeout,
+        )
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs ``attempt`` until it succeeds, fails for real, or the agent stays silent too long."""
@@ -190,7 +192,7 @@ class AgentClient:
         while True:
             try:
                 return await attempt()
-            except (httpx.TransportError, TransportFailure, Retryable) as exc:
+            except (TransportFailure, Retryable) as exc:
                 last: BaseException = exc
                 AGENT_RECONNECTS.inc()
             give_up_at = max(started, self._last_contact) + self._retry_deadline
@@ -203,8 +205,8 @@ class AgentClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP)
 
-    def _check(self, resp: httpx.Response, what: str) -> None:
-        self._check_answer(resp.status_code, resp.content if resp.status_code >= 400 else b"", what)
+    def _check(self, answer: Answer, what: str) -> None:
+        self._check_answer(answer.status, answer.content if answer.status >= 400 else b"", what)
 
     def _check_answer(self, status: int, body: bytes, what: str) -> None:
         self._last_contact = time.monotonic()
@@ -255,12 +257,32 @@ class AgentClient:
                 await job
             raise
 
-    async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> Any:
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        data: bytes | None = None,
+        extra_time: float = 0.0,
+    ) -> Any:
+        """A call whose answer is JSON: with a JSON `body`, or raw `data` (a small upload)."""
+        if data is not None:
+            content, content_type = data, "application/octet-stream"
+        elif body is not None:
+            content, content_type = json.dumps(body).encode(), "application/json"
+        else:
+            content, content_type = b"", None
+
         async def attempt() -> Any:
-            resp = await self._http.request(method, path, **kwargs)
-            self._check(resp, what)
+            answer = await self._call(
+                method, path, params=params, body=content, content_type=content_type, extra_time=extra_time
+            )
+            self._check(answer, what)
             try:
-                return resp.json()
+                return json.loads(answer.content)
             except ValueError as exc:
                 raise ProtocolError(f"{what}: agent at {self.url} sent invalid JSON") from exc
 
@@ -304,15 +326,15 @@ class AgentClient:
                 raise AgentUnreachable(f"agent at {self.url} not up after {timeout:.1f}s: {last}")
             try:
                 per_try = min(self._request_timeout, remaining)
-                resp = await self._http.get(
-                    "/v1/info", timeout=httpx.Timeout(per_try, connect=min(self._connect_timeout, per_try))
+                answer = await self._http.request(
+                    "GET", "/v1/info", timeout=per_try, connect_timeout=min(self._connect_timeout, per_try)
                 )
-                self._check(resp, "info")
-                info = self._parse_info(resp.json())
+                self._check(answer, "info")
+                info = self._parse_info(json.loads(answer.content))
                 if not_boot_id is None or info.boot_id != not_boot_id:
                     return info
                 last = f"still the old boot id {not_boot_id}"
-            except (httpx.TransportError, Retryable, ValueError) as exc:
+            except (TransportFailure, Retryable, ValueError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(max(0.0, min(delay, end - time.monotonic())))
             delay = min(delay * 2, 0.25)
@@ -327,15 +349,10 @@ class AgentClient:
                 f"upload of {remote_path}: {size} bytes exceed the agent's limit of {self._max_upload}"
             )
 
-    async def _put(
-        self, remote_path: str, size: int, digest: str, mode: int, body: Callable[[], Any]
-    ) -> None:
+    async def _put(self, remote_path: str, content: bytes, digest: str, mode: int) -> None:
         what = f"upload of {remote_path}"
         params = {"path": remote_path, "sha256": digest, "mode": f"{mode:o}"}
-        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-        data = await self._json(
-            "PUT", "/v1/files", what, params=params, headers=headers, content=_Replayable(body)
-        )
+        data = await self._json("PUT", "/v1/files", what, params=params, data=content)
         if data.get("sha256") != digest:
             raise ProtocolError(f"{what}: agent stored sha256 {data.get('sha256')}, expected {digest}")
 
@@ -389,7 +406,7 @@ class AgentClient:
             return
         data = await asyncio.to_thread(local_path.read_bytes)
         digest_hex = hashlib.sha256(data).hexdigest()
-        await self._put(remote_path, len(data), digest_hex, file_mode, lambda: data)
+        await self._put(remote_path, data, digest_hex, file_mode)
 
     async def upload_bytes(self, data: bytes, remote_path: str, *, mode: int | None = None) -> None:
         await self._check_upload_size(len(data), remote_path)
@@ -399,7 +416,7 @@ class AgentClient:
             await self._put_bulk(remote_path, bytes(data), len(data), file_mode, digest)
             return
         digest_hex = hashlib.sha256(data).hexdigest()
-        await self._put(remote_path, len(data), digest_hex, file_mode, lambda: data)
+        await self._put(remote_path, bytes(data), digest_hex, file_mode)
 
     async def download(self, pattern: str, dest_dir: Path) -> list[Path]:
         """Fetches a path or glob (relative to the work dir) into dest_dir; [] if nothing matches."""
@@ -453,7 +470,7 @@ class AgentClient:
             body["shell"] = shell
         else:
             body["argv"] = list(argv or [])
-        return _state(await self._json("POST", "/v1/commands", f"start of {command_id}", json=body))
+        return _state(await self._json("POST", "/v1/commands", f"start of {command_id}", body=body))
 
     async def status(self, command_id: str, *, wait: float = 0) -> CommandState:
         """The command's state; with ``wait`` the agent answers as soon as it finishes (long poll)."""
@@ -462,7 +479,7 @@ class AgentClient:
             self._cmd_path(command_id),
             f"status of {command_id}",
             params={"wait": f"{wait:.3f}"},
-            timeout=self._timeout(wait),
+            extra_time=wait,
         )
         return _state(data)
 
@@ -477,19 +494,19 @@ class AgentClient:
         what = f"output of {command_id}"
 
         async def attempt() -> tuple[bytes, str, str, CommandState | None]:
-            resp = await self._http.get(
-                self._cmd_path(command_id, "/output"), params=params, timeout=self._timeout(wait)
+            answer = await self._call(
+                "GET", self._cmd_path(command_id, "/output"), params=params, extra_time=wait
             )
-            self._check(resp, what)
-            final = resp.headers.get("X-Command-Final")
+            self._check(answer, what)
+            final = answer.headers.get("x-command-final")
             try:
                 state = _state(json.loads(final)) if final else None
             except ValueError as exc:
                 raise ProtocolError(f"{what}: agent at {self.url} sent a malformed final state") from exc
             return (
-                resp.content,
-                resp.headers.get("X-Command-State", ""),
-                resp.headers.get("X-Command-Boot-Id", ""),
+                answer.content,
+                answer.headers.get("x-command-state", ""),
+                answer.headers.get("x-command-boot-id", ""),
                 state,
             )
 
@@ -508,7 +525,7 @@ class AgentClient:
             self._cmd_path(command_id, "/kill"),
             f"kill of {command_id}",
             params={"wait": str(wait)},
-            timeout=self._timeout(wait),
+            extra_time=wait,
         )
         return _state(data)
 
@@ -559,18 +576,3 @@ class AgentClient:
                 state = await self.status(command_id)
                 self._check_boot(command_id, state.boot_id, boot_id)
                 return state
-
-
-class _Replayable:
-    """An upload body httpx can send again on retry: a fresh iterator per attempt."""
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        body = self._factory()
-        if isinstance(body, bytes):
-            yield body
-            return
-        async for chunk in body:
-            yield chunk

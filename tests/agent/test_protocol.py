@@ -82,7 +82,7 @@ def test_a_start_for_another_boot_starts_nothing(agent: AgentProcess) -> None:
                 await c.status("stale")
             with pytest.raises(ProtocolError, match="'boot_id' must be a string"):
                 await c._json(
-                    "POST", "/v1/commands", "start", json={"id": "x", "argv": ["true"], "boot_id": 7}
+                    "POST", "/v1/commands", "start", body={"id": "x", "argv": ["true"], "boot_id": 7}
                 )
             started = await c.start("fresh", argv=["true"], boot_id=agent.boot_id)
             assert started.boot_id == agent.boot_id
