@@ -33,6 +33,7 @@ from testlab.scheduler.snapshot import (
     StartTask,
     VMView,
 )
+from testlab.services.tasks import load_task
 from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
 from testlab.services.uses import begin_task_use, wipe_lifecycle
 
@@ -167,12 +168,14 @@ def _start_task(
     settings: Settings,
     options: EngineOptions,
 ) -> list[Work]:
-    task = session.get(Task, task_id)
-    if task is None or task.status != TaskStatus.QUEUED or vm.status != VMStatus.IDLE:
+    loaded = load_task(session, task_id)
+    if loaded is None:
+        return []
+    task, step, job = loaded
+    if task.status != TaskStatus.QUEUED or vm.status != VMStatus.IDLE:
         return []
     if vm.maintenance_requested:
         return []
-    step = session.get(Step, task.step_id)
     if task.vm_id is None:  # a pool task takes the VM the plan chose, if it still carries the labels
         if not step.pool_labels or not selected_by(step.pool_labels, vm.labels or (), vm.role):
             return []
@@ -181,7 +184,6 @@ def _start_task(
         return []
     if step.clean and vm.uses:
         return []  # the plan was made before a use of the VM (an administrator's command)
-    job = session.get(Job, task.job_id)
     if job.cancel_requested:
         return []
     task.tries += 1

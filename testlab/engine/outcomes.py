@@ -18,14 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
-from testlab.db.models import VM, Host, Job, Task, utcnow
+from testlab.db.models import VM, Host, Task, utcnow
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.lifecycle import FAILING, wipe_advice, wipe_reason
 from testlab.results import ReportSummary, status_after_exit
 from testlab.services.hosts import power_cycled_since
 from testlab.services.results import record_reference
-from testlab.services.tasks import requeue_task
+from testlab.services.tasks import load_task, requeue_task
 from testlab.services.transitions import (
     clear_operation,
     end_operation,
@@ -196,10 +196,10 @@ class Outcomes:
         cycled under it, its disk surviving) is no result: the task is requeued with a try used and
         the VM charged. `failure` is a reason the task failed whatever its exit code (a bad artifact
         set). `report` sums the task's test reports: a failing case or a report problem fails it."""
-        task = session.get(Task, task_id)
-        if task.status != TaskStatus.RUNNING:
+        loaded = load_task(session, task_id)
+        if loaded is None or loaded[0].status != TaskStatus.RUNNING:
             return  # already recorded (a re-run of this transaction, or a watchdog got there first)
-        job = session.get(Job, task.job_id)
+        task, _, job = loaded
         vm = _locked_vm(session, task.vm_id)
         if state == "killed" and vm.abort_requested and not job.cancel_requested:
             self._requeue(session, task, "aborted for maintenance", count_try=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import Job, Step, Task, utcnow
@@ -14,6 +14,21 @@ from testlab.domain.statuses import TaskStatus
 from testlab.services.results import clear_task_results
 from testlab.services.transitions import roll_up_job, set_task_status
 from testlab.services.uses import end_task_use
+
+
+def load_task(session: Session, task_id: int) -> tuple[Task, Step, Job] | None:
+    """A task with its step and its job, in one statement: starting or ending a task needs all three
+    (the engine does it for every task), and a get of each was a statement and a flush of its own."""
+    row = session.execute(_TASK_STEP_JOB, {"task": task_id}).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+_TASK_STEP_JOB = (
+    select(Task, Step, Job)
+    .join(Step, Step.id == Task.step_id)
+    .join(Job, Job.id == Task.job_id)
+    .where(Task.id == bindparam("task"))
+)
 
 
 def requeue_task(
