@@ -77,6 +77,8 @@ _DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in
 LOW_SPACE = 64 << 20
 
 #: What agent.json records of a powered-on domain, dropped at power off.
+_LAUNCH_LOG = ".launches"  # a line per sandbox any process started: growth it did not make is news
+_LAUNCH_LOG_LIMIT = 64 << 10  # bytes: a longer log is emptied (and the next check scans)
 _RUN_KEYS = ("pid", "start_time", "sandbox_pid", "sandbox_start", "port", "boot_id")
 
 
@@ -240,6 +242,13 @@ def _processes_using(path: str) -> list[int]:
     return found
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _cmdline(pid: int) -> bytes | None:
     return _read_proc(pid, "cmdline")
 
@@ -341,6 +350,7 @@ class _Sandbox:
         self.start = start
         self.port = port
         self._go = go_fd
+        self.launch_log: tuple[int, int] | None = None  # the launch log's size before and after its line
 
     def go(self) -> None:
         """Let a spare start its agent (nothing for a sandbox started as it was needed)."""
@@ -402,6 +412,8 @@ class LocalBackend(Backend):
         self.spare_copies = self.bool_option("spare_copies", True)
         self.spare_boots = self.bool_option("spare_boots", True)
         self._spare_boots: dict[Path, _Sandbox] = {}  # domain dir -> its next sandbox, loaded and waiting
+        # domain dir -> the size of its launch log when every sandbox in it was known to this backend
+        self._launches_known: dict[Path, int] = {}
         self.boot_timeout = self.seconds_option("boot_timeout", self.options.get("boot_timeout", 15.0))
         self.copy_method = ""
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"local-{host}-bg")
@@ -437,6 +449,7 @@ class LocalBackend(Backend):
             fd = os.open(ddir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                self._trim_launch_log(ddir)
                 self._cleanup_stale(ddir)
                 yield
             finally:
@@ -618,7 +631,10 @@ class LocalBackend(Backend):
 
         The backend binds the agent's port and listens on it itself, then hands the socket to the
         sandbox: no other process can take the port in between, and the first request for the agent's
-        boot id waits in the socket's queue until the agent serves it, so nobody polls."""
+        boot id waits in the socket's queue until the agent serves it, so nobody polls.
+
+        The launch is logged first, so that no crash can hide the sandbox from the stray check."""
+        launch_log = self._log_launch(ddir)
         go_read, go = os.pipe() if spare else (-1, -1)
         try:
             with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
@@ -655,7 +671,9 @@ class LocalBackend(Backend):
             if spare:
                 os.close(go_read)
         stat = _proc_stat(proc.pid)
-        return _Sandbox(proc, stat[3] if stat else None, port, go)
+        box = _Sandbox(proc, stat[3] if stat else None, port, go)
+        box.launch_log = launch_log
+        return box
 
     def _boot(self, ddir: Path, box: _Sandbox) -> None:
         """Record the sandbox, let it start its agent, wait for the agent's answer and record it; or
@@ -670,6 +688,7 @@ class LocalBackend(Backend):
             boots=int(settings.get("boots", 0)) + 1,
         )
         self._record_or_kill(ddir, settings)
+        self._launch_known(ddir, box)
         box.go()
         boot_id, error = self._wait_for_agent(box.proc, box.port, settings["token"])
         agent = _sandboxed_agent(box.proc.pid) if boot_id else None
@@ -705,7 +724,8 @@ class LocalBackend(Backend):
                 self._discard_spare_boot(ddir)
                 if self.state(ddir.name) != DomainState.RUNNING or sandbox.isolation_problem() is not None:
                     return
-                self._spare_boots[ddir] = self._launch(ddir, spare=True)
+                self._spare_boots[ddir] = spare = self._launch(ddir, spare=True)
+                self._launch_known(ddir, spare)
         except (OSError, OperationFailed) as exc:
             log.warning("no spare boot for %s: %s", ddir.name, exc)
 
@@ -727,6 +747,7 @@ class LocalBackend(Backend):
         try:
             self._write_settings(ddir, settings)
         except OSError as exc:
+            self._launches_known.pop(ddir, None)  # the sandbox just started is one of them
             self._stop_strays(ddir)
             raise OperationFailed(
                 f"cannot record the agent of {ddir.name!r}: {exc}", host=self.host, domain=ddir.name
@@ -798,9 +819,40 @@ class LocalBackend(Backend):
         self._stop_strays(ddir)
         return settings
 
+    def _log_launch(self, ddir: Path) -> tuple[int, int]:
+        """Add a line to the domain's launch log; returns its size before and after."""
+        path = ddir / _LAUNCH_LOG
+        before = _file_size(path)
+        with open(path, "ab") as f:
+            f.write(b"%d\n" % os.getpid())
+        return before, _file_size(path)
+
+    def _launch_known(self, ddir: Path, box: _Sandbox) -> None:
+        """The sandbox this backend launched is recorded, or is its spare: if every sandbox before it
+        was known, every one still is."""
+        if box.launch_log is not None and self._launches_known.get(ddir) == box.launch_log[0]:
+            self._launches_known[ddir] = box.launch_log[1]
+        box.launch_log = None
+
+    def _trim_launch_log(self, ddir: Path) -> None:
+        """Under the domain's lock (no launch can be under way): a long log starts again empty."""
+        path = ddir / _LAUNCH_LOG
+        if _file_size(path) > _LAUNCH_LOG_LIMIT:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(path, 0)
+            self._launches_known.pop(ddir, None)
+
     def _stop_strays(self, ddir: Path) -> None:
         """Kill sandboxes of this domain that no record points to (their starter was killed mid-way, or
-        they are another process's spare boot), sparing this backend's own spare."""
+        they are another process's spare boot), sparing this backend's own spare.
+
+        Finding them means reading every process's command line, so it is done only when the domain's
+        launch log holds a launch this backend does not know of: the first check of the domain by this
+        backend, another process's launch, or a launch of its own that it could not record. Every
+        launch is logged before the sandbox exists (`_launch`)."""
+        size = _file_size(ddir / _LAUNCH_LOG)
+        if self._launches_known.get(ddir) == size:
+            return
         strays = _processes_using(str(ddir / "agent.token"))
         spare = self._spare_boots.get(ddir)
         if spare is not None and strays:
@@ -808,6 +860,7 @@ class LocalBackend(Backend):
         if strays:
             log.warning("killing %d unrecorded agent process(es) of %s", len(strays), ddir.name)
             self._kill_all(ddir, [p for pid in strays for p in (pid, *_descendants(pid))])
+        self._launches_known[ddir] = size
 
     def _kill_all(self, ddir: Path, pids: list[int]) -> None:
         survivors = _kill_and_wait(pids)

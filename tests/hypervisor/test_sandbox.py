@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from testlab.hypervisor import sandbox
+from testlab.hypervisor import local, sandbox
 from testlab.hypervisor.base import Backend, DomainState, OperationFailed
 from testlab.hypervisor.local import LocalBackend, _descendants, _proc_stat
 
@@ -126,16 +126,56 @@ def test_revert_kills_what_escaped_and_nothing_reaches_the_next_disk(local_backe
     assert local_backend.state("d1") == DomainState.RUNNING
 
 
-def test_a_sandbox_whose_records_were_lost_is_still_killed_whole(local_backend: LocalBackend) -> None:
-    """The process that started it crashed before recording it: the stray is found and killed whole."""
-    secret = escape(local_backend, "d1")
-    settings_file = local_backend.root / "d1" / "agent.json"
+def _forget_records(backend: LocalBackend, domain: str) -> None:
+    """What a crash between starting a sandbox and recording it leaves: a sandbox no record names."""
+    settings_file = backend.root / domain / "agent.json"
     settings = json.loads(settings_file.read_text())
     for key in ("pid", "start_time", "sandbox_pid", "sandbox_start"):
         settings.pop(key, None)
     settings_file.write_text(json.dumps(settings))
+
+
+def test_a_sandbox_whose_records_were_lost_is_still_killed_whole(local_backend: LocalBackend) -> None:
+    """The process that started it crashed before recording it: the stray is found (by the process
+    that comes next) and killed whole."""
+    secret = escape(local_backend, "d1")
+    _forget_records(local_backend, "d1")
+    restarted = make_local(local_backend.root.parent)
+    try:
+        restarted.power_off("d1")
+        assert holding(secret) == []
+    finally:
+        shutdown(restarted)
+
+
+def test_another_process_that_crashed_mid_launch_leaves_no_stray_to_a_running_backend(
+    local_backend: LocalBackend,
+) -> None:
+    """A backend that already checked the domain checks again when another process launched a
+    sandbox meanwhile (the launch log grew): a crash of that process before its record is no leak."""
+    local_backend.revert("d1", "clean")  # checked: every sandbox of d1 is this backend's
+    other = make_local(local_backend.root.parent)
+    try:
+        secret = escape(other, "d1")
+        _forget_records(other, "d1")
+    finally:
+        other.close()
     local_backend.power_off("d1")
     assert holding(secret) == []
+
+
+def test_the_process_scan_for_strays_runs_only_when_a_launch_is_not_known(
+    local_backend: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading every process's command line costs a revert in proportion to the machine's processes:
+    a backend whose launches are all recorded (or are its spare) does not repeat it."""
+    scans: list[str] = []
+    real = local.__dict__["_processes_using"]
+    monkeypatch.setattr(local, "_processes_using", lambda path: scans.append(path) or real(path))
+    for _ in range(4):
+        local_backend.revert("d1", "clean")
+        time.sleep(0.3)  # the spare boot of the next revert starts meanwhile
+    assert [p for p in scans if p.endswith("agent.token")] == [str(local_backend.root / "d1" / "agent.token")]
 
 
 def test_the_sandbox_reaps_its_orphans(local_backend: LocalBackend) -> None:
