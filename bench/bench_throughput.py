@@ -13,7 +13,9 @@ neighbour skews both alike) and the medians are printed:
 
 - cycle per task: the window's wall time x VMs / tasks, i.e. what one task costs one VM, revert included;
 - tasks/s: tasks / the window's wall time;
-- engine CPU per task: utime + stime of the engine process (/proc/PID/stat) over the window / tasks;
+- engine CPU per task: utime + stime of the engine process (/proc/PID/stat) over the window / tasks,
+  and the same split by thread (/proc/PID/task: the engine names its threads, the database's, the
+  planner's, each host's workers, its file work; the main thread is the event loop);
 - lab CPU per task: every other process of the lab (the sandboxes: their init, agent and commands; the
   `unshare` and the spare disk copies the engine starts), counted exactly: live ones from /proc at both
   ends of the window, dead ones from their parents' waited-for CPU (the engine's cutime + cstime) and,
