@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task, utcnow
+from testlab.db.rows import EditableRow, load_rows, save_rows
 from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
@@ -33,7 +34,7 @@ from testlab.scheduler.snapshot import (
     StartTask,
     VMView,
 )
-from testlab.services.tasks import load_task
+from testlab.services.tasks import load_task_rows
 from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
 from testlab.services.uses import begin_task_use, wipe_lifecycle
 
@@ -47,14 +48,13 @@ def record_plan(
     names = {a.vm for a in plan.actions} | {
         a.displace for a in plan.actions if isinstance(a, Revert) and a.displace
     }
-    vms = {vm.name: vm for vm in session.scalars(_VMS_NAMED, {"names": sorted(names)})}
-    hosts = {
-        h.id: h for h in session.scalars(_HOSTS_WITH_IDS, {"ids": sorted({v.host_id for v in vms.values()})})
-    }
+    vms = {vm.name: vm for vm in load_rows(session, _VMS_NAMED, {"names": sorted(names)})}
+    host_ids = sorted({v.host_id for v in vms.values()})
+    hosts = {h.id: h for h in session.connection().execute(_HOSTS_WITH_IDS, {"ids": host_ids})}
 
     fitting = _still_fitting(session, plan, vms, hosts)
 
-    def unchanged(name: str | None) -> VM | None:
+    def unchanged(name: str | None) -> EditableRow | None:
         vm = vms.get(name or "")
         if vm is None or vm.version != view.vm_versions.get(vm.name) or vm.operation is not None:
             return None
@@ -75,14 +75,15 @@ def record_plan(
             work += _power_off(session, vm, host, action, now, options)
         elif isinstance(action, StartTask):
             work += _start_task(session, vm, host, action.task_id, now, settings, options)
+    save_rows(session, vms.values())
     return work
 
 
 # Statements run at every recorded plan, built once (a statement built anew is walked for its cache key
-# at every run): the VMs the plan acts on and their hosts, and the current rows of the hosts it adds
-# work to (see _still_fitting).
-_VMS_NAMED = select(VM).where(VM.name.in_(bindparam("names", expanding=True)))
-_HOSTS_WITH_IDS = select(Host).where(Host.id.in_(bindparam("ids", expanding=True)))
+# at every run): the VMs the plan acts on (editable rows: testlab/db/rows.py) and their hosts, and the
+# current rows of the hosts it adds work to (see _still_fitting).
+_VMS_NAMED = select(VM.__table__).where(VM.name.in_(bindparam("names", expanding=True)))
+_HOSTS_WITH_IDS = select(Host.__table__).where(Host.id.in_(bindparam("ids", expanding=True)))
 _HOSTS_VMS = (
     select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
     .where(VM.host_id.in_(bindparam("hosts", expanding=True)), VM.role != VMRole.DELETED)
@@ -92,7 +93,7 @@ _HOSTS_VMS = (
 
 
 def _still_fitting(
-    session: Session, plan: Plan, vms: Mapping[str, VM], hosts: Mapping[int, Host]
+    session: Session, plan: Plan, vms: Mapping[str, EditableRow], hosts: Mapping[int, Row]
 ) -> list[Action]:
     """The plan's actions that still fit their hosts, counted from the current rows of every VM of
     the hosts they add work to. The rows stay locked until the commit on PostgreSQL (SQLite's writer
@@ -118,7 +119,7 @@ def _still_fitting(
     return still_fitting(plan.actions, limits, current)
 
 
-def _set_operation(vm: VM, operation: str, seconds: float, now: datetime) -> None:
+def _set_operation(vm: EditableRow, operation: str, seconds: float, now: datetime) -> None:
     vm.operation = operation
     vm.operation_started = now
     vm.operation_deadline = now + timedelta(seconds=seconds)
@@ -126,9 +127,9 @@ def _set_operation(vm: VM, operation: str, seconds: float, now: datetime) -> Non
 
 def _revert(
     session: Session,
-    vm: VM,
-    host: Host,
-    owner: VM | None,
+    vm: EditableRow,
+    host: Row,
+    owner: EditableRow | None,
     action: Revert,
     now: datetime,
     options: EngineOptions,
@@ -147,7 +148,7 @@ def _revert(
 
 
 def _power_off(
-    session: Session, vm: VM, host: Host, action: PowerOff, now: datetime, options: EngineOptions
+    session: Session, vm: EditableRow, host: Row, action: PowerOff, now: datetime, options: EngineOptions
 ) -> list[Work]:
     if vm.status not in (VMStatus.DIRTY, VMStatus.IDLE, VMStatus.SLEEPING):
         return []
@@ -161,14 +162,14 @@ def _power_off(
 
 def _start_task(
     session: Session,
-    vm: VM,
-    host: Host,
+    vm: EditableRow,
+    host: Row,
     task_id: int,
     now: datetime,
     settings: Settings,
     options: EngineOptions,
 ) -> list[Work]:
-    loaded = load_task(session, task_id)
+    loaded = load_task_rows(session, task_id)
     if loaded is None:
         return []
     task, step, job = loaded
@@ -192,7 +193,9 @@ def _start_task(
     task.boot_id = vm.boot_id
     task.exit_code = task.failures = None
     task.detail = ""
-    set_task_status(session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", now=now)
+    set_task_status(
+        session, task, TaskStatus.RUNNING, f"started on {vm.name} (try {task.tries})", vm=vm, now=now
+    )
     task.history_at_start = begin_task_use(
         session, vm, task_id=task.id, job_id=job.id, step=step.name, prepare=step.prepare, now=now
     )
@@ -201,16 +204,25 @@ def _start_task(
         session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now
     )
     _set_operation(vm, "task", task.timeout + options.task_margin, now)
+    task.save(session)  # before the roll-up, which reads the job's tasks
     roll_up_job(session, job, now=now)
-    return [describe_task(session, task, vm, host.name, settings, options)]
+    return [describe_task(session, task, vm, host.name, settings, options, step=step, job=job)]
 
 
 def describe_task(
-    session: Session, task: Task, vm: VM, host_name: str, settings: Settings, options: EngineOptions
+    session: Session,
+    task: Task | EditableRow,
+    vm: VM | EditableRow,
+    host_name: str,
+    settings: Settings,
+    options: EngineOptions,
+    *,
+    step: Step | EditableRow | None = None,
+    job: Job | EditableRow | None = None,
 ) -> TaskWork:
     """Everything an operation needs to run (or re-attach to) a task, as plain data."""
-    job = session.get(Job, task.job_id)
-    step = session.get(Step, task.step_id)
+    job = job if job is not None else session.get(Job, task.job_id)
+    step = step if step is not None else session.get(Step, task.step_id)
     job_dir = settings.job_dir(job.id)
     artifact_dirs: tuple = ()
     if step.depends_on_id is not None:

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from testlab.config import Settings
 from testlab.db.models import VM, Host, Task, utcnow
+from testlab.db.rows import EditableRow, load_row
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.lifecycle import FAILING, wipe_advice, wipe_reason
 from testlab.results import ReportSummary, status_after_exit
 from testlab.services.hosts import power_cycled_since
 from testlab.services.results import record_reference
-from testlab.services.tasks import load_task, requeue_task
+from testlab.services.tasks import load_task_rows, requeue_task
 from testlab.services.transitions import (
     clear_operation,
     end_operation,
@@ -49,6 +50,25 @@ def _locked_vm(session: Session, vm_id: int) -> VM:
     return session.get(VM, vm_id, with_for_update={"key_share": True})
 
 
+def _locked_vm_row(session: Session, vm_id: int) -> EditableRow:
+    """`_locked_vm` as an editable row (testlab/db/rows.py): the outcomes every task has (a revert's
+    end, a task's end) are written without ORM objects."""
+    vm = load_row(session, _LOCKED_VM_ROW, {"vm": vm_id})
+    if vm is None:
+        raise LookupError(f"vm {vm_id} is gone")
+    return vm
+
+
+_LOCKED_VM_ROW = select(VM.__table__).where(VM.id == bindparam("vm")).with_for_update(key_share=True)
+# A VM's host worked: its count of consecutive errors starts again. Written only when there is one
+# (nearly never), and as a versioned change: a writer that read the old count conflicts and re-reads.
+_HOST_WORKS = (
+    update(Host)
+    .where(Host.id == bindparam("host"), Host.errors != 0)
+    .values(errors=0, version=Host.version + 1)
+)
+
+
 def _size(count: int | None) -> str:
     return "unknown" if count is None else f"{count / (1 << 30):.1f} GiB"
 
@@ -66,17 +86,19 @@ class Outcomes:
         set_vm_status(session, vm, VMStatus.SLEEPING, f"reverted (agent boot {boot_id[:8]}); settling")
 
     def revert_done(self, session: Session, vm_id: int, boot_id: str) -> None:
-        vm = _locked_vm(session, vm_id)
-        self._host_works(session, vm)  # first: its read would write the VM's change on its own
+        vm = _locked_vm_row(session, vm_id)
+        self._host_works(session, vm)
         vm.boot_id = boot_id
         end_operation(session, vm, VMStatus.IDLE, f"reverted to {vm.snapshot}, agent boot {boot_id[:8]}")
+        vm.save(session)
 
     def poweroff_done(self, session: Session, vm_id: int) -> None:
-        vm = _locked_vm(session, vm_id)
-        self._host_works(session, vm)  # first: its read would write the VM's change on its own
+        vm = _locked_vm_row(session, vm_id)
+        self._host_works(session, vm)
         vm.boot_id = None
         wipe_lifecycle(session, vm, utcnow())  # an off VM is always reverted before its next use
         end_operation(session, vm, VMStatus.OFF, "powered off")
+        vm.save(session)
 
     def vm_error(self, session: Session, vm_id: int, reason: str) -> None:
         """An infrastructure error of the VM counts against it; at the limit it goes offline."""
@@ -125,10 +147,8 @@ class Outcomes:
             host_id=host.id,
         )
 
-    def _host_works(self, session: Session, vm: VM) -> None:
-        host = session.get(Host, vm.host_id)
-        if host.errors:
-            host.errors = 0
+    def _host_works(self, session: Session, vm: VM | EditableRow) -> None:
+        session.connection().execute(_HOST_WORKS, {"host": vm.host_id})
 
     def host_checked(
         self, session: Session, host_id: int, reachable: bool, free_disk: int | None, detail: str
@@ -196,26 +216,15 @@ class Outcomes:
         cycled under it, its disk surviving) is no result: the task is requeued with a try used and
         the VM charged. `failure` is a reason the task failed whatever its exit code (a bad artifact
         set). `report` sums the task's test reports: a failing case or a report problem fails it."""
-        loaded = load_task(session, task_id)
+        loaded = load_task_rows(session, task_id)
         if loaded is None or loaded[0].status != TaskStatus.RUNNING:
             return  # already recorded (a re-run of this transaction, or a watchdog got there first)
         task, _, job = loaded
-        vm = _locked_vm(session, task.vm_id)
-        if state == "killed" and vm.abort_requested and not job.cancel_requested:
-            self._requeue(session, task, "aborted for maintenance", count_try=False)
-            end_operation(session, vm, VMStatus.DIRTY, "aborted for maintenance", task=task)
-            return
-        if lost and not job.cancel_requested:
-            host = session.get(Host, vm.host_id)
-            since = vm.operation_started or task.started
-            if since is not None and power_cycled_since(session, host, since):
-                reason = f"host {host.name} power-cycled under the command"
-                self._requeue(session, task, reason, count_try=True)
-                end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
-                return
-            reason = "the VM rebooted under the command: its agent came back without it"
-            self._requeue(session, task, reason, count_try=True)
-            self.vm_error(session, vm.id, reason)
+        vm = _locked_vm_row(session, task.vm_id)
+        if not job.cancel_requested and ((state == "killed" and vm.abort_requested) or lost):
+            # No result: the rows read so far are dropped unchanged, and the requeue, which the
+            # CLI's commands share, works on ORM objects.
+            self._no_result(session, task_id, state)
             return
         if failure is not None:
             status, detail = TaskStatus.FAILED, f"{detail}; {failure}"
@@ -234,14 +243,35 @@ class Outcomes:
         if report is not None and report.problems:
             detail = f"{detail}; report problems: {'; '.join(str(p) for p in report.problems[:3])}"
         task.detail = detail
-        set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}")
+        set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}", vm=vm)
         vm.errors = 0
         self._release_after_task(session, vm, task, status)
+        task.save(session)
+        vm.save(session)
         if job.reference:
             record_reference(session, job, task_ids=[task.id])
         roll_up_job(session, job)
 
-    def _release_after_task(self, session: Session, vm: VM, task: Task, status: str) -> None:
+    def _no_result(self, session: Session, task_id: int, state: str) -> None:
+        """The command ended without a result: killed for a maintenance request, or lost."""
+        task = session.get(Task, task_id)
+        vm = _locked_vm(session, task.vm_id)
+        if state == "killed" and vm.abort_requested:
+            self._requeue(session, task, "aborted for maintenance", count_try=False)
+            end_operation(session, vm, VMStatus.DIRTY, "aborted for maintenance", task=task)
+            return
+        host = session.get(Host, vm.host_id)
+        since = vm.operation_started or task.started
+        if since is not None and power_cycled_since(session, host, since):
+            reason = f"host {host.name} power-cycled under the command"
+            self._requeue(session, task, reason, count_try=True)
+            end_operation(session, vm, VMStatus.DIRTY, reason, task=task)
+            return
+        reason = "the VM rebooted under the command: its agent came back without it"
+        self._requeue(session, task, reason, count_try=True)
+        self.vm_error(session, vm.id, reason)
+
+    def _release_after_task(self, session: Session, vm: EditableRow, task: EditableRow, status: str) -> None:
         """Close the task's use of the VM and say whether the VM runs the next task as it is (a
         reused VM with no reason to wipe it: idle) or is wiped first (dirty)."""
         task.history_at_end, uses = end_task_use(

@@ -69,11 +69,12 @@ def read_round(
     if last is None:
         last = LastViews()
     last.next_round()
-    hosts = session.execute(_HOSTS).all()
+    connection = session.connection()  # the statements are plain: the ORM's execute is overhead
+    hosts = connection.execute(_HOSTS).all()
     host_names = {h.id: h.name for h in hosts}
     if demand is None:
         demand = recent_demand(session)
-    vms = [vm for vm in session.execute(_VMS) if vm.host_id in host_names]
+    vms = [vm for vm in connection.execute(_VMS) if vm.host_id in host_names]
     snapshot = Snapshot(
         now=now,
         hosts={h.name: _host_view(h, options, last) for h in hosts},
@@ -82,7 +83,7 @@ def read_round(
         tasks=_queued_tasks(session, vms, last),
     )
     current = utcnow()
-    running = dict(session.execute(_RUNNING).all())
+    running = dict(connection.execute(_RUNNING).all())
     return View(
         snapshot=snapshot,
         vm_versions={vm.name: vm.version for vm in vms},
@@ -254,7 +255,7 @@ def _queued_tasks(session: Session, vms: list[Row], last: LastViews) -> tuple[Ta
         pools_by_text[labels_text] = found
         return found
 
-    rows = session.execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
+    rows = session.connection().execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
     tasks = []
     reuse = last.tasks
     for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:
@@ -284,7 +285,7 @@ def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWor
             row.task_agent_url,
             "job canceled" if row.cancel_requested else "maintenance with abort",
         )
-        for row in session.execute(_TO_KILL)
+        for row in session.connection().execute(_TO_KILL)
         if row.command_id
     ]
 

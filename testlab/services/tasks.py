@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import Job, Step, Task, utcnow
+from testlab.db.rows import EditableRow, split_row
 from testlab.db.session import after_commit
 from testlab.domain.statuses import TaskStatus
 from testlab.services.results import clear_task_results
@@ -16,17 +17,21 @@ from testlab.services.transitions import roll_up_job, set_task_status
 from testlab.services.uses import end_task_use
 
 
-def load_task(session: Session, task_id: int) -> tuple[Task, Step, Job] | None:
-    """A task with its step and its job, in one statement: starting or ending a task needs all three
-    (the engine does it for every task), and a get of each was a statement and a flush of its own."""
-    row = session.execute(_TASK_STEP_JOB, {"task": task_id}).first()
-    return None if row is None else (row[0], row[1], row[2])
+def load_task_rows(session: Session, task_id: int) -> tuple[EditableRow, EditableRow, EditableRow] | None:
+    """A task with its step and its job, as editable rows (testlab/db/rows.py), in one statement:
+    the engine starts and ends every task with all three."""
+    row = session.connection().execute(_TASK_STEP_JOB_ROWS, {"task": task_id}).first()
+    if row is None:
+        return None
+    task, step, job = split_row(row, _TABLES)
+    return task, step, job
 
 
-_TASK_STEP_JOB = (
-    select(Task, Step, Job)
-    .join(Step, Step.id == Task.step_id)
-    .join(Job, Job.id == Task.job_id)
+_TABLES = (Task.__table__, Step.__table__, Job.__table__)
+_TASK_STEP_JOB_ROWS = (
+    select(*_TABLES)
+    .join_from(Task.__table__, Step.__table__, Step.id == Task.step_id)
+    .join(Job.__table__, Job.id == Task.job_id)
     .where(Task.id == bindparam("task"))
 )
 

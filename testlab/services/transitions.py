@@ -3,6 +3,7 @@
 The event history is what the activity page, the statistics and the engine's own tests read, so no
 code may assign `.status` anywhere else. Each change is a conditional write: the rows carry a version
 (testlab/db/session.py), so a change based on a stale read is refused at the commit, never lost.
+The functions take ORM objects or, on the engine's hot paths, editable rows (testlab/db/rows.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
+from testlab.db.rows import EditableRow, load_rows, save_rows
 from testlab.domain.rollup import rollup, timestamps
 from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.services.notifications import enqueue_job_end, enqueue_notice
@@ -23,8 +25,8 @@ def record_event(
     kind: str,
     reason: str,
     *,
-    vm: VM | None = None,
-    task: Task | None = None,
+    vm: VM | EditableRow | None = None,
+    task: Task | EditableRow | None = None,
     job_id: int | None = None,
     host_id: int | None = None,
     old: str | None = None,
@@ -55,7 +57,13 @@ _INSERT_EVENT = insert(Event.__table__)
 
 
 def set_vm_status(
-    session: Session, vm: VM, new: str, reason: str, *, task: Task | None = None, now: datetime | None = None
+    session: Session,
+    vm: VM | EditableRow,
+    new: str,
+    reason: str,
+    *,
+    task: Task | EditableRow | None = None,
+    now: datetime | None = None,
 ) -> bool:
     """Change a VM's status and record it; returns False (and records nothing) if it did not change."""
     if vm.status == new:
@@ -67,11 +75,18 @@ def set_vm_status(
     return True
 
 
-def clear_operation(vm: VM) -> None:
+def clear_operation(vm: VM | EditableRow) -> None:
     vm.operation = vm.operation_started = vm.operation_deadline = None
 
 
-def end_operation(session: Session, vm: VM, status: str, reason: str, *, task: Task | None = None) -> None:
+def end_operation(
+    session: Session,
+    vm: VM | EditableRow,
+    status: str,
+    reason: str,
+    *,
+    task: Task | EditableRow | None = None,
+) -> None:
     """End the VM's operation in `status`; a pending maintenance request takes effect now instead."""
     clear_operation(vm)
     if vm.maintenance_requested:
@@ -90,13 +105,22 @@ def set_host_status(session: Session, host: Host, new: str, reason: str) -> bool
 
 
 def set_task_status(
-    session: Session, task: Task, new: str, reason: str, *, now: datetime | None = None
+    session: Session,
+    task: Task | EditableRow,
+    new: str,
+    reason: str,
+    *,
+    vm: VM | EditableRow | None = None,
+    now: datetime | None = None,
 ) -> bool:
-    """Change a task's status, keep its timestamps coherent, and record it. The caller rolls up."""
+    """Change a task's status, keep its timestamps coherent, and record it. The caller rolls up.
+    An editable row of a task has no relationships: its VM, if it has one, comes as `vm`."""
     if task.status == new:
         return False
     now = now or utcnow()
-    record_event(session, "task", reason, vm=task.vm, task=task, old=task.status, new=new, now=now)
+    if vm is None and not isinstance(task, EditableRow):
+        vm = task.vm
+    record_event(session, "task", reason, vm=vm, task=task, old=task.status, new=new, now=now)
     task.status = new
     if new == TaskStatus.QUEUED:
         task.started = task.ended = None
@@ -107,14 +131,20 @@ def set_task_status(
     return True
 
 
-def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> None:
-    """Recompute the job's steps and the job itself from their tasks (the only roll-up caller)."""
+def roll_up_job(session: Session, job: Job | EditableRow, *, now: datetime | None = None) -> None:
+    """Recompute the job's steps and the job itself from their tasks (the only roll-up caller).
+    A job given as an editable row has its steps read and written as editable rows too; the tasks
+    changed as editable rows must be saved before."""
     now = now or utcnow()
     by_step: dict[int, list[str]] = {}
     for step_id, status in _task_statuses(session, job.id):
         by_step.setdefault(step_id, []).append(status)
-    with session.no_autoflush:  # the steps changed in this transaction are the session's own objects
-        steps = session.scalars(_STEPS_OF_JOB, {"of_job": job.id}).all()
+    as_rows = isinstance(job, EditableRow)
+    if as_rows:
+        steps = load_rows(session, _STEP_ROWS_OF_JOB, {"of_job": job.id})
+    else:
+        with session.no_autoflush:  # the steps changed in this transaction are the session's own objects
+            steps = session.scalars(_STEPS_OF_JOB, {"of_job": job.id}).all()
     ended_badly: dict[int, str] = {}
     for step in steps:  # in dependency order: a dependency is always rolled up before its dependents
         if step.depends_on_id in ended_badly:
@@ -122,6 +152,7 @@ def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> N
         _apply_rollup(
             session,
             step,
+            "step",
             rollup(by_step.get(step.id, ()), cancel_requested=job.cancel_requested),
             job.id,
             now,
@@ -129,14 +160,22 @@ def roll_up_job(session: Session, job: Job, *, now: datetime | None = None) -> N
         if step.status in TaskStatus.FINAL and step.status not in TaskStatus.SUCCESS:
             ended_badly[step.id] = f"step {step.name} ended {step.status}"
     _apply_rollup(
-        session, job, rollup((s.status for s in steps), cancel_requested=job.cancel_requested), job.id, now
+        session,
+        job,
+        "job",
+        rollup((s.status for s in steps), cancel_requested=job.cancel_requested),
+        job.id,
+        now,
     )
+    if as_rows:
+        save_rows(session, [*steps, job])
 
 
 # Built once: every task's start and end rolls its job up, and a statement built anew is walked for
 # its cache key at every run.
 _TASK_STATUSES = select(Task.id, Task.step_id, Task.status).where(Task.job_id == bindparam("of_job"))
 _STEPS_OF_JOB = select(Step).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
+_STEP_ROWS_OF_JOB = select(Step.__table__).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
 
 
 def _task_statuses(session: Session, job_id: int) -> list[tuple[int, str]]:
@@ -154,7 +193,7 @@ def _task_statuses(session: Session, job_id: int) -> list[tuple[int, str]]:
     ]
 
 
-def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> list[str]:
+def _skip_queued(session: Session, step: Step | EditableRow, reason: str, now: datetime) -> list[str]:
     """A step whose dependency did not complete cannot run: its queued tasks are skipped."""
     statuses = []
     for task in session.scalars(select(Task).where(Task.step_id == step.id)):
@@ -164,12 +203,13 @@ def _skip_queued(session: Session, step: Step, reason: str, now: datetime) -> li
     return statuses
 
 
-def _apply_rollup(session: Session, parent: Step | Job, new: str, job_id: int, now: datetime) -> None:
+def _apply_rollup(
+    session: Session, parent: Step | Job | EditableRow, kind: str, new: str, job_id: int, now: datetime
+) -> None:
     changed = parent.status != new
     if changed:
-        kind = "job" if isinstance(parent, Job) else "step"
         record_event(session, kind, f"{kind} {new}", job_id=job_id, old=parent.status, new=new, now=now)
         parent.status = new
     parent.started, parent.ended = timestamps(new, started=parent.started, ended=parent.ended, now=now)
-    if changed and isinstance(parent, Job) and new in TaskStatus.FINAL:
+    if changed and kind == "job" and new in TaskStatus.FINAL:
         enqueue_job_end(session, parent)
