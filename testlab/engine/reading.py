@@ -28,21 +28,26 @@ DEMAND_WINDOW = timedelta(days=1)
 # In a stable order, so that the views of what did not change come out the same (engine/reuse.py).
 _HOSTS = select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False)).order_by(Host.__table__.c.id)
 _VMS = select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED).order_by(VM.__table__.c.id)
-_RUNNING = select(Task.id, Task.command_id).where(Task.status == TaskStatus.RUNNING)
-_TO_KILL = (
+# Every running task with what killing it needs: the followers' check (`View.running`) and the kills
+# a round starts (a canceled job's tasks, a VM's under maintenance with abort) in one statement.
+_RUNNING = (
     select(
         Task.id.label("task_id"),
         Task.command_id,
         Task.agent_url.label("task_agent_url"),
         Job.cancel_requested,
-        *VM.__table__.c,
+        VM.abort_requested,
+        VM.id,
+        VM.name,
+        VM.host_id,
+        VM.domain,
+        VM.snapshot,
+        VM.agent_url,
+        VM.boot_id,
     )
     .join(VM, Task.vm_id == VM.id)
     .join(Job, Task.job_id == Job.id)
-    .where(
-        Task.status == TaskStatus.RUNNING,
-        (Job.cancel_requested.is_(True)) | (VM.abort_requested.is_(True)),
-    )
+    .where(Task.status == TaskStatus.RUNNING)
 )
 
 
@@ -83,11 +88,11 @@ def read_round(
         tasks=_queued_tasks(session, vms, last),
     )
     current = utcnow()
-    running = dict(connection.execute(_RUNNING).all())
+    running = connection.execute(_RUNNING).all()
     return View(
         snapshot=snapshot,
         vm_versions={vm.name: vm.version for vm in vms},
-        to_kill=_tasks_to_kill(session, host_names),
+        to_kill=_tasks_to_kill(running, host_names),
         to_monitor=_vms_to_monitor(vms, host_names, inflight, options),
         expired=[
             vm_ref(vm, host_names[vm.host_id])
@@ -97,7 +102,7 @@ def read_round(
             and vm.name not in inflight
         ],
         host_checks=_host_checks(hosts, options, current),
-        running=running,
+        running={row.task_id: row.command_id for row in running},
         host_configs=[host_config(h) for h in hosts],
         demand=demand,
         next_due=_next_due(hosts, vms, options),
@@ -276,7 +281,7 @@ def _queued_tasks(session: Session, vms: list[Row], last: LastViews) -> tuple[Ta
     return queue_heads(tasks)
 
 
-def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWork]:
+def _tasks_to_kill(running: list[Row], host_names: dict[int, str]) -> list[KillWork]:
     return [
         KillWork(
             row.task_id,
@@ -285,8 +290,8 @@ def _tasks_to_kill(session: Session, host_names: dict[int, str]) -> list[KillWor
             row.task_agent_url,
             "job canceled" if row.cancel_requested else "maintenance with abort",
         )
-        for row in session.connection().execute(_TO_KILL)
-        if row.command_id
+        for row in running
+        if (row.cancel_requested or row.abort_requested) and row.command_id
     ]
 
 
