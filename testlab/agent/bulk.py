@@ -172,7 +172,7 @@ class BulkExchange:
 
     def read_body(self, limit: int = 1 << 20) -> bytes:
         out = bytearray()
-        buf = bytearray(IO_CHUNK)
+        buf = bytearray(min(IO_CHUNK, max(self._body_left, len(self._pending), 1)))  # small answers: small
         view = memoryview(buf)
         while n := self.readinto(view):
             if len(out) < limit:

@@ -30,7 +30,6 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
-import http.client
 import json
 import logging
 import os
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from testlab.agent.bulk import BulkExchange
+from testlab.agent.errors import AgentError, TransportFailure
 from testlab.hypervisor import sandbox
 from testlab.hypervisor.base import (
     AgentAddress,
@@ -765,18 +766,28 @@ class LocalBackend(Backend):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "", f"no answer within {self.boot_timeout:g} s ({error})"
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=remaining)
+            # The agent's own wire format over one blocking connection (testlab/agent/bulk.py):
+            # http.client cost the revert's thread more than the rest of the boot's wait.
+            exchange = BulkExchange(
+                "127.0.0.1",
+                port,
+                f"127.0.0.1:{port}",
+                None,
+                f"Bearer {token}",
+                connect_timeout=remaining,
+                io_timeout=remaining,
+                touch=lambda: None,
+            )
             try:
-                connection.request("GET", "/v1/info", headers={"Authorization": f"Bearer {token}"})
-                response = connection.getresponse()
-                body = response.read()
-                if response.status == 200:
+                head = exchange.get("/v1/info")
+                body = exchange.read_body()
+                if head.status == 200:
                     return str(json.loads(body).get("boot_id", "")) or "unknown", ""
-                error = f"HTTP {response.status}"
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+                error = f"HTTP {head.status}"
+            except (TransportFailure, AgentError, ValueError) as exc:
                 error = str(exc) or type(exc).__name__
             finally:
-                connection.close()
+                exchange.close()
             time.sleep(0.005)
 
     def _stop_agent(self, ddir: Path) -> None:
