@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Delivery, Event, Host, Job, Step, Task, User, Webhook, utcnow
+from testlab.db.rows import EditableRow
 from testlab.domain.statuses import TaskStatus
 from testlab.services.errors import UserError
 from testlab.services.results import job_results, job_verdict, ordered
@@ -80,7 +81,7 @@ def enqueue_notice(session: Session, event: Event) -> None:
         _add(session, "webhook", name, subject, payload)
 
 
-def enqueue_job_end(session: Session, job: Job) -> None:
+def enqueue_job_end(session: Session, job: Job | EditableRow) -> None:
     """A job reached its end: a summary for everyone who asked to hear of it. Most jobs of a busy lab
     have no one to tell, so who could be told is looked up before the verdict is worked out."""
     spec = job.notify or {}

@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Job, ReferenceResult, ReportProblemRow, Step, Task, TestCaseResult
+from testlab.db.rows import EditableRow
 from testlab.domain.statuses import TaskStatus
 from testlab.results import CaseStatus, ReportProblem, TestCase
 from testlab.services.errors import UserError
@@ -77,7 +78,7 @@ def clear_task_results(session: Session, task_id: int) -> None:
 # ------------------------------------------------------------------------------------ references
 
 
-def record_reference(session: Session, job: Job, *, task_ids: list[int] | None = None) -> int:
+def record_reference(session: Session, job: Job | EditableRow, *, task_ids: list[int] | None = None) -> int:
     """Make the job's ended tasks' results (or those of `task_ids`) the reference of their (VM, step,
     case); returns the number of cases recorded. Recording twice changes nothing; an older reference
     job marked after a newer one only fills in the history."""

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, VMUse, utcnow
+from testlab.db.rows import EditableRow
 from testlab.lifecycle import Lifecycle, ReusePolicy, Use, UseKind, format_history
 
 _COLUMNS = (
@@ -68,7 +69,7 @@ class UseRow:
     detail: str
 
 
-def reuse_policy(vm: VM) -> ReusePolicy:
+def reuse_policy(vm: VM | EditableRow) -> ReusePolicy:
     return ReusePolicy(
         wipe=vm.wipe,
         max_uses=vm.max_uses,
@@ -110,7 +111,14 @@ def current_lifecycle(session: Session, vm_id: int) -> list[UseRow]:
 
 
 def begin_task_use(
-    session: Session, vm: VM, *, task_id: int, job_id: int, step: str, prepare: bool, now: datetime
+    session: Session,
+    vm: VM | EditableRow,
+    *,
+    task_id: int,
+    job_id: int,
+    step: str,
+    prepare: bool,
+    now: datetime,
 ) -> str:
     """Record a task's use of the VM as it starts; returns the history string as of now."""
     kind = UseKind.PREPARE if prepare else UseKind.TASK
@@ -155,7 +163,7 @@ def end_outside_use(session: Session, use_id: int) -> None:
     session.execute(update(VMUse).where(VMUse.id == use_id).values(ended=utcnow()))
 
 
-def wipe_lifecycle(session: Session, vm: VM, now: datetime) -> None:
+def wipe_lifecycle(session: Session, vm: VM | EditableRow, now: datetime) -> None:
     """The VM is being wiped: its current lifecycle closes (rows of uses still running stay in it)."""
     if vm.uses:
         session.connection().execute(_WIPE, {"of_vm": vm.id, "at": now})

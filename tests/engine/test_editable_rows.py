@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
-from testlab.db.models import VM, Event, Job, Task, utcnow
+from testlab.db.models import VM, Event, Host, Job, Task, utcnow
 from testlab.db.rows import load_row
 from testlab.db.session import run_transaction, session_scope
 from testlab.domain.statuses import TaskStatus, VMStatus
@@ -123,6 +123,10 @@ def test_a_task_end_and_a_revert_end_are_written_without_orm_objects(lab, tmp_pa
         outcomes.revert_done(session, vm_id, "boot-2")
         return len(session.identity_map)
 
+    with session_scope(lab.database_url) as session:
+        host = session.scalars(select(Host)).one()
+        host.errors = 2  # the host failed twice before: a revert that worked starts its count again
+    host_version = host.version  # as written above
     assert run_transaction(lab.database_url, reverted, actor="engine 1") == 0
     with session_scope(lab.database_url, readonly=True) as session:
         task = session.get(Task, task_id)
@@ -130,6 +134,8 @@ def test_a_task_end_and_a_revert_end_are_written_without_orm_objects(lab, tmp_pa
         assert session.get(Job, job_id).status == TaskStatus.COMPLETED
         vm = session.get(VM, vm_id)
         assert (vm.status, vm.operation, vm.boot_id, vm.uses) == (VMStatus.IDLE, None, "boot-2", 1)
+        host = session.get(Host, vm.host_id)
+        assert (host.errors, host.version) == (0, host_version + 1)  # a versioned write
         events = session.execute(
             select(Event.kind, Event.old_status, Event.new_status, Event.task_id, Event.actor)
             .where(Event.new_status.is_not(None))
