@@ -204,8 +204,8 @@ def _start_task(
         session, vm, VMStatus.RUNNING, f"running task {task.id} of job {job.id}", task=task, now=now
     )
     _set_operation(vm, "task", task.timeout + options.task_margin, now)
-    task.save(session)  # before the roll-up, which reads the job's tasks
-    roll_up_job(session, job, now=now)
+    task.save(session)
+    roll_up_job(session, job, now=now, started=step)
     return [describe_task(session, task, vm, host.name, settings, options, step=step, job=job)]
 
 

@@ -131,11 +131,30 @@ def set_task_status(
     return True
 
 
-def roll_up_job(session: Session, job: Job | EditableRow, *, now: datetime | None = None) -> None:
+def roll_up_job(
+    session: Session,
+    job: Job | EditableRow,
+    *,
+    now: datetime | None = None,
+    started: EditableRow | None = None,
+) -> None:
     """Recompute the job's steps and the job itself from their tasks (the only roll-up caller).
     A job given as an editable row has its steps read and written as editable rows too; the tasks
-    changed as editable rows must be saved before."""
+    changed as editable rows must be saved before.
+
+    `started`: the only change is that a task of this step (an editable row) started. A parent with a
+    running child is running whatever its other children (`rollup`), so the step and the job are
+    rolled up from that alone, without reading their other tasks and steps: the engine does this for
+    every task it starts."""
     now = now or utcnow()
+    if started is not None and isinstance(job, EditableRow):
+        step_status = rollup((TaskStatus.RUNNING,), cancel_requested=job.cancel_requested)
+        _apply_rollup(session, started, "step", step_status, job.id, now)
+        _apply_rollup(
+            session, job, "job", rollup((step_status,), cancel_requested=job.cancel_requested), job.id, now
+        )
+        save_rows(session, (started, job))
+        return
     by_step: dict[int, list[str]] = {}
     for step_id, status in _task_statuses(session, job.id):
         by_step.setdefault(step_id, []).append(status)

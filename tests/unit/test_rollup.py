@@ -62,6 +62,12 @@ def test_without_queued_the_most_significant_child_wins(kids):
 
 
 @given(children, st.booleans())
+def test_a_running_child_makes_its_parent_running(kids, canceled):
+    """What the engine's roll-up after a task's start relies on (`roll_up_job(started=...)`)."""
+    assert rollup([*kids, S.RUNNING], cancel_requested=canceled) == S.RUNNING
+
+
+@given(children, st.booleans())
 def test_result_is_a_known_status_and_order_does_not_matter(kids, canceled):
     result = rollup(kids, cancel_requested=canceled)
     assert result in S.ALL
