@@ -4,12 +4,14 @@ SQLite or PostgreSQL (`lab_db`), with the settings the CLI reads from the enviro
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from testlab.config import Settings
+from testlab.db.session import dispose_engines
 from tests.support.postgres import PostgresServer
 
 
@@ -31,8 +33,10 @@ class LabDatabase:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def lab_db(request, tmp_path: Path, monkeypatch) -> LabDatabase:
-    """A fresh, empty database of each kind (not yet initialised), exported in the environment."""
+def lab_db(request, tmp_path: Path, monkeypatch) -> Iterator[LabDatabase]:
+    """A fresh, empty database of each kind (not yet initialised), exported in the environment. This
+    process's connections to it are closed after the test: a session of hundreds of PostgreSQL
+    databases kept them all open until the server refused new clients."""
     home = tmp_path / "home"
     if request.param == "sqlite":
         url = f"sqlite:///{home / 'testlab.db'}"
@@ -42,7 +46,8 @@ def lab_db(request, tmp_path: Path, monkeypatch) -> LabDatabase:
     for name, value in database.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TESTLAB_USER", "tester")
-    return database
+    yield database
+    dispose_engines(url)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,13 +77,36 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
-@cache
+_ENGINES: dict[tuple[str, int, int | None], Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
 def get_engine(
     url: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, idle_in_transaction_ms: int | None = None
 ) -> Engine:
     """One engine per URL (and SQLite busy timeout: the engine's lease uses a short one; and on
     PostgreSQL, how long the server lets a session sit idle inside a transaction before ending it,
     which the testlab engine bounds: see testlab/engine/lease.py)."""
+    key = (url, busy_timeout_ms, idle_in_transaction_ms)
+    engine = _ENGINES.get(key)
+    if engine is None:
+        with _ENGINES_LOCK:
+            engine = _ENGINES.get(key)
+            if engine is None:
+                engine = _ENGINES[key] = _new_engine(url, busy_timeout_ms, idle_in_transaction_ms)
+    return engine
+
+
+def dispose_engines(url: str) -> None:
+    """Close the pooled connections of every engine of `url` (the engines stay usable): a process
+    done with one of many databases (the test suite makes one per test) must not keep them open until
+    the server refuses new clients."""
+    for (engine_url, _, _), engine in list(_ENGINES.items()):
+        if engine_url == url:
+            engine.dispose()
+
+
+def _new_engine(url: str, busy_timeout_ms: int, idle_in_transaction_ms: int | None) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
