@@ -21,7 +21,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, null, select, union_all
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Delivery, Event, Host, Job, Step, Task, User, Webhook, utcnow
@@ -35,10 +35,17 @@ RETRY_BASE = 5.0  # seconds before the second attempt; doubling, at most RETRY_C
 RETRY_CAP = 3600.0
 NEW_FAILURES_SHOWN = 50
 WEBHOOK_EVENTS = ("named", "jobs", "notices", "all")
-# Who could hear of a job's end, asked at every job's end: built once (a statement built anew is
-# walked for its cache key at every run).
-_OWNER = select(User).where(User.name == bindparam("owner"))
-_JOB_HOOKS = select(Webhook.name).where(Webhook.events.in_(("jobs", "all")))
+# Who could hear of a job's end, asked at every job's end in one plain statement (no ORM object for
+# the owner), built once (a statement built anew is walked for its cache key at every run): the
+# owner's address if they ask for job ends, and the webhooks registered for them.
+_JOB_LISTENERS = union_all(
+    select(literal("owner"), User.email, User.notify_on).where(
+        User.name == bindparam("owner"),
+        User.email.is_not(None),
+        User.notify_on.in_(("always", "failure")),
+    ),
+    select(literal("webhook"), Webhook.name, null()).where(Webhook.events.in_(("jobs", "all"))),
+)
 
 
 def _add(
@@ -86,16 +93,19 @@ def enqueue_job_end(session: Session, job: Job | EditableRow) -> None:
     have no one to tell, so who could be told is looked up before the verdict is worked out."""
     spec = job.notify or {}
     when = spec.get("when", "failure")
-    owner = session.scalars(_OWNER, {"owner": job.owner}).first()
-    owner_email = owner.email if owner is not None and owner.notify_on in ("always", "failure") else None
-    global_hooks = list(session.scalars(_JOB_HOOKS))
+    owner_email, owner_notify_on, global_hooks = None, None, []
+    for kind, target, notify_on in session.connection().execute(_JOB_LISTENERS, {"owner": job.owner}):
+        if kind == "owner":
+            owner_email, owner_notify_on = target, notify_on
+        else:
+            global_hooks.append(target)
     if not (spec.get("email") or spec.get("webhooks") or owner_email or global_hooks):
         return
     verdict = job_verdict(session, job)
     failed = job.status != TaskStatus.COMPLETED or verdict.new > 0
     emails: list[str] = list(spec.get("email", ())) if failed or when == "always" else []
     hooks: list[str] = list(spec.get("webhooks", ())) if failed or when == "always" else []
-    if owner_email and (owner.notify_on == "always" or failed):
+    if owner_email and (owner_notify_on == "always" or failed):
         emails.append(owner_email)
     hooks += global_hooks
     if not emails and not hooks:
