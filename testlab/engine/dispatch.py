@@ -35,13 +35,28 @@ from testlab.scheduler.snapshot import (
     VMView,
 )
 from testlab.services.tasks import load_task_rows
-from testlab.services.transitions import record_event, roll_up_job, set_task_status, set_vm_status
+from testlab.services.transitions import (
+    batched_events,
+    record_event,
+    roll_up_job,
+    set_task_status,
+    set_vm_status,
+)
 from testlab.services.uses import begin_task_use, wipe_lifecycle
 
 Work = RevertWork | PowerOffWork | TaskWork
 
 
 def record_plan(
+    session: Session, plan: Plan, view: View, settings: Settings, options: EngineOptions
+) -> list[Work]:
+    """Record what the plan does, as it still can (rows unchanged since the round's read, hosts with
+    room), and return the work to run; its events are written together."""
+    with batched_events(session):
+        return _record(session, plan, view, settings, options)
+
+
+def _record(
     session: Session, plan: Plan, view: View, settings: Settings, options: EngineOptions
 ) -> list[Work]:
     now = utcnow()

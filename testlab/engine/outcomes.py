@@ -28,6 +28,7 @@ from testlab.services.hosts import power_cycled_since
 from testlab.services.results import record_reference
 from testlab.services.tasks import load_task_rows, requeue_task
 from testlab.services.transitions import (
+    batched_events,
     clear_operation,
     end_operation,
     record_event,
@@ -243,14 +244,15 @@ class Outcomes:
         if report is not None and report.problems:
             detail = f"{detail}; report problems: {'; '.join(str(p) for p in report.problems[:3])}"
         task.detail = detail
-        set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}", vm=vm)
-        vm.errors = 0
-        self._release_after_task(session, vm, task, status)
-        task.save(session)
-        vm.save(session)
-        if job.reference:
-            record_reference(session, job, task_ids=[task.id])
-        roll_up_job(session, job)
+        with batched_events(session):  # the task's, its VM's and maybe its step's and job's
+            set_task_status(session, task, status, detail or f"{state} with exit code {exit_code}", vm=vm)
+            vm.errors = 0
+            self._release_after_task(session, vm, task, status)
+            task.save(session)
+            vm.save(session)
+            if job.reference:
+                record_reference(session, job, task_ids=[task.id])
+            roll_up_job(session, job)
 
     def _no_result(self, session: Session, task_id: int, state: str) -> None:
         """The command ended without a result: killed for a maintenance request, or lost."""

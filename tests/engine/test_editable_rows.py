@@ -4,12 +4,13 @@ same conditional writes, on both databases."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import event as sql_event
 from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from testlab.db.models import VM, Event, Host, Job, Task, utcnow
 from testlab.db.rows import load_row
-from testlab.db.session import run_transaction, session_scope
+from testlab.db.session import get_engine, run_transaction, session_scope
 from testlab.domain.statuses import TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
@@ -112,12 +113,22 @@ def test_a_task_end_and_a_revert_end_are_written_without_orm_objects(lab, tmp_pa
         )
         vm_id, task_id = vm.id, task.id
     outcomes = Outcomes(lab, EngineOptions())
+    event_inserts: list[int] = []  # rows per INSERT INTO events
+
+    def count(_conn, _cursor, statement, parameters, _context, many):
+        if statement.startswith("INSERT INTO events"):
+            event_inserts.append(len(parameters) if many else 1)
 
     def finished(session):
         outcomes.task_finished(session, task_id, "exited", 0, "exit code 0")
         return len(session.identity_map)
 
-    assert run_transaction(lab.database_url, finished, actor="engine 1") == 0
+    sql_event.listen(get_engine(lab.database_url), "before_cursor_execute", count)
+    try:
+        assert run_transaction(lab.database_url, finished, actor="engine 1") == 0
+    finally:
+        sql_event.remove(get_engine(lab.database_url), "before_cursor_execute", count)
+    assert event_inserts == [4]  # the task's, its VM's, its step's and its job's, in one statement
 
     def reverted(session):
         outcomes.revert_done(session, vm_id, "boot-2")
