@@ -72,14 +72,15 @@ _RESTORE_PREFIX = ".restore-"  # a copy in progress, owned by the process its na
 _SPARE_PREFIX = ".spare-"  # a complete copy of a snapshot, ready to be swapped in
 _TRASH_PREFIX = ".trash-"  # an old disk or a stale copy, to delete
 _DISCARDED_PREFIX = ".discarded-"  # the old disk of a revert to the snapshot in its name, being emptied
+_LEFTOVER_PREFIXES = (_RESTORE_PREFIX, _TRASH_PREFIX, _DISCARDED_PREFIX)  # what _cleanup_stale finishes
 
 #: Free bytes below which an old disk is deleted before anything else is written: a task that filled
 #: its disk must not make the revert's own writes (settings, the agent's first files) fail.
 LOW_SPACE = 64 << 20
 
-#: What agent.json records of a powered-on domain, dropped at power off.
 _LAUNCH_LOG = ".launches"  # a line per sandbox any process started: growth it did not make is news
 _LAUNCH_LOG_LIMIT = 64 << 10  # bytes: a longer log is emptied (and the next check scans)
+#: What agent.json records of a powered-on domain, dropped at power off.
 _RUN_KEYS = ("pid", "start_time", "sandbox_pid", "sandbox_start", "port", "boot_id")
 
 
@@ -132,7 +133,7 @@ def copy_tree(src: Path, dst: Path, timeout: float = DEFAULT_TIMEOUTS["revert"])
     or a reflink (copy-on-write) where the filesystem can. A copy that overruns `timeout` seconds (a
     hung filesystem) is killed: OperationTimedOut. Returns the method name for reports.
     """
-    cp = shutil.which("cp")
+    cp = sandbox.find_program("cp")
     if cp:
         try:
             proc = subprocess.run(
@@ -481,28 +482,38 @@ class LocalBackend(Backend):
     def _replace_settings(self, ddir: Path, settings: Mapping[str, Any]) -> None:
         """agent.json holds the agent's token, so only its owner may read it."""
         tmp = ddir / f".agent.json.{os.getpid()}.{threading.get_ident()}"
+        # Compact: json's C encoder writes it, where indenting takes its pure-Python one (twice a boot).
+        content = json.dumps(settings, sort_keys=True).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        replaced = False
         try:
             os.fchmod(fd, 0o600)  # a leftover of a killed writer may have had other modes
-            with os.fdopen(fd, "w") as f:
-                fd = -1
-                f.write(json.dumps(settings, indent=1, sort_keys=True))
+            rest = memoryview(content)
+            while rest:  # one write of a few hundred bytes, unless a nearly full disk takes fewer
+                rest = rest[os.write(fd, rest) :]
+            os.close(fd)
+            fd = -1
             os.replace(tmp, ddir / "agent.json")
+            replaced = True
         finally:
             if fd >= 0:
                 os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            if not replaced:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
 
     # ---- crash recovery
 
     def _cleanup_stale(self, ddir: Path) -> None:
         """Finish what a killed process left: a disk swapped out but not moved in, a revert that threw
-        the old disk away but did not put the new one in place yet, copies, trash."""
+        the old disk away but did not put the new one in place yet, copies, trash. Runs under every
+        lock: the names are read first, and only those left behind become paths."""
+        names = [name for name in os.listdir(ddir) if name.startswith(_LEFTOVER_PREFIXES)]
+        if not names:
+            return
         disk = ddir / "disk"
-        entries = sorted(ddir.iterdir(), key=lambda e: not e.name.endswith(".ready"))
-        for entry in entries:
-            name = entry.name
+        for name in sorted(names, key=lambda n: not n.endswith(".ready")):
+            entry = ddir / name
             if name.startswith(_RESTORE_PREFIX) and name.endswith(".ready"):
                 if not disk.exists():
                     os.rename(entry, disk)
@@ -519,7 +530,7 @@ class LocalBackend(Backend):
                     self._discard(entry)
             elif name.startswith(_TRASH_PREFIX):
                 remove_tree(entry)
-        for entry in ddir.glob(f"{_DISCARDED_PREFIX}*"):
+        for entry in [ddir / name for name in names if name.startswith(_DISCARDED_PREFIX)]:
             snapshot = entry.name[len(_DISCARDED_PREFIX) :]
             source = ddir / "snapshots" / snapshot
             if not disk.exists() and _NAME_RE.match(snapshot) and source.is_dir():

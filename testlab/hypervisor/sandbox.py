@@ -21,6 +21,7 @@ reach the next.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -45,6 +46,17 @@ def unshare_flags() -> list[str]:
     return flags
 
 
+def find_program(name: str) -> str | None:
+    """`shutil.which`, remembered for the PATH it searched: every sandbox launch and disk copy asks,
+    and a search of PATH cost more than the launch's own fork."""
+    return _which(name, os.environ.get("PATH"))
+
+
+@functools.lru_cache(maxsize=64)
+def _which(name: str, path: str | None) -> str | None:
+    return shutil.which(name, path=path)
+
+
 def isolated_argv(
     script: str | os.PathLike[str],
     args: Sequence[str],
@@ -58,7 +70,7 @@ def isolated_argv(
 
     The interpreter runs without `site` (-S): the init and the agent need the standard library only,
     and the site-packages' start-up hooks would cost a good part of a sandbox's boot."""
-    unshare = shutil.which("unshare") or "unshare"
+    unshare = find_program("unshare") or "unshare"
     init = [sys.executable, "-S", str(INIT_SCRIPT)]
     if socket_fd is not None:
         init += ["--socket-fd", str(socket_fd)]
@@ -79,7 +91,7 @@ def isolation_problem() -> str | None:
 def _probe() -> str | None:
     why = "local sandboxes run in PID namespaces of their own"
     needs = "run as root, or enable unprivileged user namespaces"
-    unshare = shutil.which("unshare")
+    unshare = find_program("unshare")
     if unshare is None:
         return f"{why}, which needs the unshare command (util-linux), not found in PATH"
     try:
