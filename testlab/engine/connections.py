@@ -15,7 +15,7 @@ from testlab.agent.client import AgentClient
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import VMRef
 from testlab.hypervisor import HostConfig, host_driver, open_host
-from testlab.hypervisor.base import Backend, HostUnreachable, OperationFailed
+from testlab.hypervisor.base import AgentAddress, Backend, HostUnreachable, OperationFailed
 from testlab.hypervisor.driver import HostDriver
 
 log = logging.getLogger("testlab.engine")
@@ -75,7 +75,11 @@ class Connections:
     async def agent(self, vm: VMRef, url: str | None = None) -> AgentClient:
         """The agent client of a VM: the backend knows its address (local sandboxes) or the lab file
         names it. One client per VM, replaced (and the old one closed) when the address changes."""
-        address = await self.driver(vm.host).agent_address(vm.domain)
+        return self.client(vm, await self.driver(vm.host).agent_address(vm.domain), url)
+
+    def client(self, vm: VMRef, address: AgentAddress | None, url: str | None = None) -> AgentClient:
+        """`agent` for an address the backend has just given (None: it knows none, the lab file's
+        `url` or the VM's own is used)."""
         if address is not None:
             url, token = address.url, address.token
         else:

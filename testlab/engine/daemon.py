@@ -187,7 +187,8 @@ class Engine:
                 if until is not None and await asyncio.to_thread(until):
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._next_wait)
+                    async with asyncio.timeout(self._next_wait):  # no task to start, unlike wait_for
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
             poller.cancel()

@@ -31,6 +31,14 @@ def uploads(work: TaskWork) -> list[tuple[Path, str]]:
     return found
 
 
+def open_try(work: TaskWork, max_log_bytes: int, *, attach: bool) -> tuple[CappedLog, list[tuple[Path, str]]]:
+    """A try's files in one go (each trip to a thread costs the engine's loop more than the work):
+    its log, opened, and what it uploads. A new try starts in an empty directory; a re-attached one
+    goes on in its own and uploads nothing."""
+    directory = output_dir(work) if attach else fresh_output_dir(work)
+    return CappedLog(directory / "log", max_log_bytes), [] if attach else uploads(work)
+
+
 def fresh_output_dir(work: TaskWork) -> Path:
     """A new try writes into an empty directory: whatever an earlier try left (a requeue whose clean-up
     was cut short) is removed first."""

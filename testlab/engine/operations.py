@@ -80,8 +80,9 @@ class Operations:
             driver = self.connections.driver(vm.host)
             await self.fence()
             timeout = self.connections.deadline(vm.host, "revert", work.timeout)
-            await driver.revert(vm.domain, vm.snapshot, timeout=timeout)
-            agent = await self.connections.agent(vm)
+            agent = self.connections.client(
+                vm, await driver.revert_and_locate(vm.domain, vm.snapshot, timeout=timeout)
+            )
             info = await agent.wait_until_up(timeout=self.options.agent_boot_timeout, not_boot_id=vm.boot_id)
             if work.sleep > 0:
                 await self.db.write(self.outcomes.revert_settling, vm.id, info.boot_id)
@@ -121,8 +122,9 @@ class Operations:
         try:
             driver = self.connections.driver(vm.host)
             await self.fence()
-            await driver.revert(vm.domain, vm.snapshot, timeout=work.timeout)
-            agent = await self.connections.agent(vm)
+            agent = self.connections.client(
+                vm, await driver.revert_and_locate(vm.domain, vm.snapshot, timeout=work.timeout)
+            )
             info = await agent.wait_until_up(timeout=self.options.agent_boot_timeout)
             await self.fence()
             await driver.power_off(vm.domain, timeout=self.options.poweroff_timeout)
@@ -150,11 +152,15 @@ class Operations:
         record = self.outcomes
         try:
             agent = await self.connections.agent(work.vm, work.agent_url)
-            if attach:
-                output = await asyncio.to_thread(files.output_dir, work)
-            else:
-                output = await self._start(agent, work)
-            state = await self._follow(agent, work, output / "log")
+            log_file, to_upload = await asyncio.to_thread(
+                files.open_try, work, self.options.max_log_bytes, attach=attach
+            )
+            try:
+                if not attach:
+                    await self._start(agent, work, to_upload)
+                state = await self._follow(agent, work, log_file)
+            finally:
+                await asyncio.to_thread(log_file.close)
             failure = None
             try:
                 missing = await self._within_transfer_deadline(
@@ -162,8 +168,9 @@ class Operations:
                 )
             except ArtifactsRefused as refused:
                 missing, failure = [], f"artifacts refused: {refused}"
-            cases, problems, summary = await asyncio.to_thread(files.read_reports, work)
+            summary = None
             if work.reports:
+                cases, problems, summary = await asyncio.to_thread(files.read_reports, work)
                 await self.db.write(replace_task_results, work.task_id, cases, problems)
             detail = _result_detail(state) + (
                 f"; no artifact matched {', '.join(missing)}" if missing else ""
@@ -178,7 +185,7 @@ class Operations:
                 detail,
                 lost=state.lost,
                 failure=failure,
-                report=summary if work.reports else None,
+                report=summary,
             )
         except HostUnreachable as error:
             operation_failed("task", error)
@@ -215,9 +222,7 @@ class Operations:
             return f"; the VM's disk was full ({info.free_disk_bytes} bytes free)"
         return ""
 
-    async def _start(self, agent: AgentClient, work: TaskWork) -> Path:
-        output = await asyncio.to_thread(files.fresh_output_dir, work)
-        to_upload = await asyncio.to_thread(files.uploads, work)
+    async def _start(self, agent: AgentClient, work: TaskWork, to_upload: list[tuple[Path, str]]) -> None:
         await self.fence()
 
         async def send() -> None:
@@ -237,7 +242,6 @@ class Operations:
             )
         except BootChanged as changed:
             raise CommandUnknown(f"the VM rebooted before the task started ({changed})") from None
-        return output
 
     async def _within_transfer_deadline(self, what: str, transfer: Awaitable):
         try:
@@ -246,33 +250,28 @@ class Operations:
         except TimeoutError:
             raise TransferTimedOut(f"{what} took longer than {self.options.transfer_timeout:g} s") from None
 
-    async def _follow(self, agent: AgentClient, work: TaskWork, log_path: Path) -> CommandState:
+    async def _follow(self, agent: AgentClient, work: TaskWork, capped: files.CappedLog) -> CommandState:
         """Follow the command's output into its log until it ends, or until the engine's own deadline
         for it, counted from the task's real start (a re-attached task keeps its original deadline)."""
-        capped = await asyncio.to_thread(files.CappedLog, log_path, self.options.max_log_bytes)
+
+        async def append(chunk: bytes) -> None:
+            await asyncio.to_thread(capped.append, chunk)
+
         try:
-
-            async def append(chunk: bytes) -> None:
-                await asyncio.to_thread(capped.append, chunk)
-
-            try:
-                return await asyncio.wait_for(
-                    agent.wait(
-                        work.command_id, boot_id=work.boot_id, on_output=append, output_offset=capped.received
-                    ),
-                    timeout=max(0.0, work.deadline - time.time()),
+            # asyncio.timeout rather than wait_for: no task of its own to start and finish each time
+            async with asyncio.timeout(max(0.0, work.deadline - time.time())):
+                return await agent.wait(
+                    work.command_id, boot_id=work.boot_id, on_output=append, output_offset=capped.received
                 )
-            except TimeoutError:
-                # The agent should have enforced the timeout; it did not end the command in time, so the
-                # engine does, and the result is a timeout whatever the agent reports.
-                log.warning("task %s overran the engine's deadline: killing it", work.task_id)
-                await self.fence()
-                state = await agent.kill(work.command_id, wait=DEADLINE_KILL_WAIT)
-                if state.state == "exited":
-                    return state
-                return dataclasses.replace(state, state="timeout")
-        finally:
-            await asyncio.to_thread(capped.close)
+        except TimeoutError:
+            # The agent should have enforced the timeout; it did not end the command in time, so the
+            # engine does, and the result is a timeout whatever the agent reports.
+            log.warning("task %s overran the engine's deadline: killing it", work.task_id)
+            await self.fence()
+            state = await agent.kill(work.command_id, wait=DEADLINE_KILL_WAIT)
+            if state.state == "exited":
+                return state
+            return dataclasses.replace(state, state="timeout")
 
     async def _collect(self, agent: AgentClient, work: TaskWork) -> list[str]:
         """Fetch the declared artifacts; returns the patterns that matched nothing."""

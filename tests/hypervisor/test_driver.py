@@ -94,3 +94,28 @@ def test_closed_driver_refuses_calls(libvirt_backend: Backend) -> None:
             await driver.state("d1")
 
     asyncio.run(scenario())
+
+
+def test_a_revert_that_locates_gives_the_new_boots_agent(local_backend: Backend) -> None:
+    """One trip for the revert and the new agent's address: the address of the boot it started."""
+
+    async def scenario() -> None:
+        driver = HostDriver(local_backend, max_workers=2)
+        await driver.power_on("d1")
+        address = await driver.revert_and_locate("d1", "clean")
+        assert address is not None and address == await driver.agent_address("d1")
+        await driver.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_revert_that_locates_reports_no_address_where_the_backend_knows_none(
+    libvirt_backend: Backend,
+) -> None:
+    async def scenario() -> None:
+        driver = HostDriver(libvirt_backend, max_workers=2)
+        assert await driver.revert_and_locate("d1", "clean") is None
+        assert await driver.state("d1") == DomainState.RUNNING
+        await driver.aclose()
+
+    asyncio.run(scenario())
