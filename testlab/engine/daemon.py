@@ -52,6 +52,7 @@ SHUTDOWN_GRACE = 5.0  # seconds a stopping engine gives its connections to close
 FIRST_CHECKS_WAIT = 5.0  # seconds a starting engine waits for its hosts' first health checks
 IO_THREADS = 8  # threads for the engine's file work (task outputs, logs, reports)
 DEMAND_REFRESH = 60.0  # seconds a count of the VMs' recent tasks (a keep-ready tie-breaker) is reused
+DISK_LOOK_INTERVAL = 1.0  # seconds between looks at the engine's own free disk (testlab/engine/disk.py)
 
 
 class DatabaseOutage(Exception):
@@ -81,6 +82,7 @@ class Engine:
         self._next_wait = self.options.tick
         self._demand: dict[int, int] = {}
         self._demand_read = -DEMAND_REFRESH  # never: the first round counts
+        self._disk_looked = -DISK_LOOK_INTERVAL  # never: the first round looks
         self._planner = DaemonThreadPool(1, "testlab-plan")
         self._last_views = LastViews()  # the last round's views, reused where nothing changed
         self._carried: Carried | None = None  # what the last plan leaves to the next (its quiet hosts)
@@ -298,7 +300,7 @@ class Engine:
         self._next_wait = self._wait_after(view)
         self.connections.configure(view.host_configs)
         self._drop_stale_followers(view.running)
-        paused, notices = self.disk.check()
+        paused, notices = self.disk.check(await self._look_at_disk())
         for notice in notices:
             log.warning("%s", notice)
             await self.db.write(record_notice, notice)
@@ -334,6 +336,15 @@ class Engine:
         for vm in view.expired:
             if vm.name not in self.inflight:
                 await self.db.write(self.outcomes.operation_expired, vm.id)
+
+    async def _look_at_disk(self) -> int | None:
+        """The engine's free disk, looked at in a file thread once a DISK_LOOK_INTERVAL at most; None
+        in between (a write that fails for room pauses new work at once all the same)."""
+        now = time.monotonic()
+        if now - self._disk_looked < DISK_LOOK_INTERVAL:
+            return None
+        self._disk_looked = now
+        return await asyncio.to_thread(self.disk.free)
 
     def _drop_stale_followers(self, running: dict[int, str]) -> None:
         """A follower whose task is no longer running with its command (an administrator's power
