@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Executable, Table, bindparam, update
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
+
+from testlab.db.prepared import Prepared
 
 
 class EditableRow:
@@ -64,7 +66,7 @@ class EditableRow:
         read = self._values["version"]
         params = {f"new_{name}": self._values[name] for name in columns}
         params.update(row_id=self._values["id"], read_version=read, new_version=read + 1)
-        result = session.connection().execute(_update_of(self._table, columns), params)
+        result = _update_of(self._table, columns).execute(session, params)
         if result.rowcount != 1:
             raise StaleDataError(
                 f"{self._table.name} row {self._values['id']} changed since it was read (version {read})"
@@ -74,16 +76,15 @@ class EditableRow:
 
 
 def load_rows(
-    session: Session, statement: Executable, params: dict[str, Any] | None = None
+    session: Session, statement: Prepared, params: dict[str, Any] | None = None
 ) -> list[EditableRow]:
     """The rows a select of one versioned table's columns returns, as editable rows."""
-    result = session.connection().execute(statement, params or {})
-    table = statement.selected_columns[0].table  # type: ignore[attr-defined]
-    return [EditableRow(table, dict(row._mapping)) for row in result]
+    table = statement.statement.selected_columns[0].table  # type: ignore[attr-defined]
+    return [EditableRow(table, row._asdict()) for row in statement.execute(session, params)]
 
 
 def load_row(
-    session: Session, statement: Executable, params: dict[str, Any] | None = None
+    session: Session, statement: Prepared, params: dict[str, Any] | None = None
 ) -> EditableRow | None:
     rows = load_rows(session, statement, params)
     return rows[0] if rows else None
@@ -97,14 +98,14 @@ def save_rows(session: Session, rows: Iterable[EditableRow | None]) -> None:
 
 # One UPDATE per (table, set of changed columns), built once: a statement built anew is walked for
 # its cache key at every run.
-_UPDATES: dict[tuple[str, frozenset[str]], Any] = {}
+_UPDATES: dict[tuple[str, frozenset[str]], Prepared] = {}
 
 
-def _update_of(table: Table, columns: frozenset[str]) -> Any:
+def _update_of(table: Table, columns: frozenset[str]) -> Prepared:
     key = (table.name, columns)
     statement = _UPDATES.get(key)
     if statement is None:
-        statement = (
+        statement = Prepared(
             update(table)
             .where(table.c.id == bindparam("row_id"), table.c.version == bindparam("read_version"))
             .values(

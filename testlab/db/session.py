@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from testlab.db import wakeup
+from testlab.db.prepared import connection_of, run_on_driver
 
 log = logging.getLogger("testlab.db")
 
@@ -73,8 +74,13 @@ def _sqlite_connect(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
 
 
 def _sqlite_begin(connection: Any) -> None:
+    """BEGIN on the driver (as testlab/db/prepared.py runs the engine's statements): every
+    transaction sends one, and SQLAlchemy's execution of it cost more than the rest of a short one."""
     mode = connection.get_execution_options().get("testlab_sqlite_begin", "IMMEDIATE")
-    connection.exec_driver_sql(f"BEGIN {mode}")
+    run_on_driver(connection, _BEGIN[mode])
+
+
+_BEGIN = {mode: f"BEGIN {mode}" for mode in ("IMMEDIATE", "DEFERRED")}
 
 
 _ENGINES: dict[tuple[str, int, int | None], Engine] = {}
@@ -208,7 +214,7 @@ def _wrote_anything(session: Session) -> bool:
     if not session.in_transaction():
         return False
     session.flush()
-    return bool(session.connection().info.get("wrote"))
+    return bool(connection_of(session).info.get("wrote"))
 
 
 def _announce(url: str, session: Session) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from testlab.config import Settings
 from testlab.db.models import VM, Blocked, Host, Job, Step, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow, load_rows, save_rows
 from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import TaskStatus, VMRole, VMStatus
@@ -63,9 +64,12 @@ def _record(
     names = {a.vm for a in plan.actions} | {
         a.displace for a in plan.actions if isinstance(a, Revert) and a.displace
     }
-    vms = {vm.name: vm for vm in load_rows(session, _VMS_NAMED, {"names": sorted(names)})}
-    host_ids = sorted({v.host_id for v in vms.values()})
-    hosts = {h.id: h for h in session.connection().execute(_HOSTS_WITH_IDS, {"ids": host_ids})}
+    vms = {vm.name: vm for name in sorted(names) for vm in load_rows(session, _VM_NAMED, {"name": name})}
+    hosts = {
+        h.id: h
+        for host_id in sorted({v.host_id for v in vms.values()})
+        for h in _HOST.execute(session, {"id": host_id})
+    }
 
     fitting = _still_fitting(session, plan, vms, hosts)
 
@@ -94,14 +98,15 @@ def _record(
     return work
 
 
-# Statements run at every recorded plan, built once (a statement built anew is walked for its cache key
-# at every run): the VMs the plan acts on (editable rows: testlab/db/rows.py) and their hosts, and the
-# current rows of the hosts it adds work to (see _still_fitting).
-_VMS_NAMED = select(VM.__table__).where(VM.name.in_(bindparam("names", expanding=True)))
-_HOSTS_WITH_IDS = select(Host.__table__).where(Host.id.in_(bindparam("ids", expanding=True)))
-_HOSTS_VMS = (
+# Statements run at every recorded plan, built once and run on the driver (testlab/db/prepared.py):
+# each VM the plan acts on (editable rows: testlab/db/rows.py) and its host, and the current rows of
+# each host it adds work to (see _still_fitting). One row or host at a time: a plan acts on one or
+# two, and a list in `IN` would be expanded through SQLAlchemy at each run, which costs more.
+_VM_NAMED = Prepared(select(VM.__table__).where(VM.name == bindparam("name")))
+_HOST = Prepared(select(Host.__table__).where(Host.id == bindparam("id")))
+_VMS_OF_HOST = Prepared(
     select(VM.name, VM.host_id, VM.domain, VM.status, VM.operation)
-    .where(VM.host_id.in_(bindparam("hosts", expanding=True)), VM.role != VMRole.DELETED)
+    .where(VM.host_id == bindparam("host"), VM.role != VMRole.DELETED)
     .order_by(VM.id)
     .with_for_update(key_share=True)
 )
@@ -119,7 +124,7 @@ def _still_fitting(
     adding = {vms[a.vm].host_id for a in plan.actions if not isinstance(a, PowerOff) and a.vm in vms}
     if not adding:
         return list(plan.actions)
-    rows = session.connection().execute(_HOSTS_VMS, {"hosts": sorted(adding)}).all()
+    rows = [row for host_id in sorted(adding) for row in _VMS_OF_HOST.execute(session, {"host": host_id})]
     current = {
         row.name: VMView(
             name=row.name,

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from testlab.db.models import EngineLease, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.session import run_transaction
 from testlab.threads import DaemonThreadPool
 
@@ -108,13 +109,13 @@ def _lost(session: Session, epoch: int) -> LeaseLost:
 
 
 # Built once and run on the connection, past the ORM: it opens every engine write.
-_EPOCH = select(EngineLease.epoch).where(EngineLease.id == LEASE_ID).with_for_update(read=True)
+_EPOCH = Prepared(select(EngineLease.epoch).where(EngineLease.id == LEASE_ID).with_for_update(read=True))
 
 
 def check(session: Session, epoch: int) -> None:
     """Fence: raise LeaseLost unless `epoch` still holds the lease. Called first in every engine
     transaction; on PostgreSQL it also share-locks the row, so a takeover waits for this transaction."""
-    current = session.connection().execute(_EPOCH).scalar()
+    current = _EPOCH.execute(session).scalar()
     if current != epoch:
         raise _lost(session, epoch)
 

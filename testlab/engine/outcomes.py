@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from testlab.config import Settings
 from testlab.db.models import VM, Host, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow, load_row
 from testlab.domain.statuses import HostStatus, TaskStatus, VMStatus
 from testlab.engine.options import EngineOptions
@@ -60,10 +61,12 @@ def _locked_vm_row(session: Session, vm_id: int) -> EditableRow:
     return vm
 
 
-_LOCKED_VM_ROW = select(VM.__table__).where(VM.id == bindparam("vm")).with_for_update(key_share=True)
+_LOCKED_VM_ROW = Prepared(
+    select(VM.__table__).where(VM.id == bindparam("vm")).with_for_update(key_share=True)
+)
 # A VM's host worked: its count of consecutive errors starts again. Written only when there is one
 # (nearly never), and as a versioned change: a writer that read the old count conflicts and re-reads.
-_HOST_WORKS = (
+_HOST_WORKS = Prepared(
     update(Host)
     .where(Host.id == bindparam("host"), Host.errors != 0)
     .values(errors=0, version=Host.version + 1)
@@ -149,7 +152,7 @@ class Outcomes:
         )
 
     def _host_works(self, session: Session, vm: VM | EditableRow) -> None:
-        session.connection().execute(_HOST_WORKS, {"host": vm.host_id})
+        _HOST_WORKS.execute(session, {"host": vm.host_id})
 
     def host_checked(
         self, session: Session, host_id: int, reachable: bool, free_disk: int | None, detail: str

@@ -11,6 +11,7 @@ from sqlalchemy import Integer, Row, Select, String, bindparam, case, cast, func
 from sqlalchemy.orm import Session, aliased
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.domain.jobfile import selected_by
 from testlab.domain.statuses import HostStatus, TaskStatus, VMRole, VMStatus
 from testlab.engine.options import EngineOptions
@@ -24,13 +25,18 @@ from testlab.services.hosts import host_config
 DEMAND_WINDOW = timedelta(days=1)
 
 # Built once: a round runs these every time, and building a statement costs more than running it.
-# Hosts and VMs are read as plain rows: the round only reads them, and ORM objects cost twice as much.
+# Hosts and VMs are read as plain rows: the round only reads them, and ORM objects cost twice as much;
+# run on the driver (testlab/db/prepared.py): SQLAlchemy's execution cost more than the statements.
 # In a stable order, so that the views of what did not change come out the same (engine/reuse.py).
-_HOSTS = select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False)).order_by(Host.__table__.c.id)
-_VMS = select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED).order_by(VM.__table__.c.id)
+_HOSTS = Prepared(
+    select(*Host.__table__.c).where(Host.__table__.c.retired.is_(False)).order_by(Host.__table__.c.id)
+)
+_VMS = Prepared(
+    select(*VM.__table__.c).where(VM.__table__.c.role != VMRole.DELETED).order_by(VM.__table__.c.id)
+)
 # Every running task with what killing it needs: the followers' check (`View.running`) and the kills
 # a round starts (a canceled job's tasks, a VM's under maintenance with abort) in one statement.
-_RUNNING = (
+_RUNNING = Prepared(
     select(
         Task.id.label("task_id"),
         Task.command_id,
@@ -74,12 +80,11 @@ def read_round(
     if last is None:
         last = LastViews()
     last.next_round()
-    connection = session.connection()  # the statements are plain: the ORM's execute is overhead
-    hosts = connection.execute(_HOSTS).all()
+    hosts = _HOSTS.execute(session).all()
     host_names = {h.id: h.name for h in hosts}
     if demand is None:
         demand = recent_demand(session)
-    vms = [vm for vm in connection.execute(_VMS) if vm.host_id in host_names]
+    vms = [vm for vm in _VMS.execute(session) if vm.host_id in host_names]
     snapshot = Snapshot(
         now=now,
         hosts={h.name: _host_view(h, options, last) for h in hosts},
@@ -88,7 +93,7 @@ def read_round(
         tasks=_queued_tasks(session, vms, last),
     )
     current = utcnow()
-    running = connection.execute(_RUNNING).all()
+    running = _RUNNING.execute(session).all()
     return View(
         snapshot=snapshot,
         vm_versions={vm.name: vm.version for vm in vms},
@@ -228,7 +233,7 @@ def _queue_heads_statement() -> Select:
     )
 
 
-_QUEUE_HEADS = _queue_heads_statement()
+_QUEUE_HEADS = Prepared(_queue_heads_statement())
 
 
 def _queued_tasks(session: Session, vms: list[Row], last: LastViews) -> tuple[TaskView, ...]:
@@ -260,7 +265,7 @@ def _queued_tasks(session: Session, vms: list[Row], last: LastViews) -> tuple[Ta
         pools_by_text[labels_text] = found
         return found
 
-    rows = session.connection().execute(_QUEUE_HEADS, {"deepest_pool": max(1, len(vms))}).all()
+    rows = _QUEUE_HEADS.execute(session, {"deepest_pool": max(1, len(vms))}).all()
     tasks = []
     reuse = last.tasks
     for task_id, vm_id, job_id, priority, step_id, stage_number, pool_labels, clean in rows:

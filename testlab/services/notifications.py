@@ -21,10 +21,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, null, select, union_all
+from sqlalchemy import bindparam, func, literal, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Delivery, Event, Host, Job, Step, Task, User, Webhook, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow
 from testlab.domain.statuses import TaskStatus
 from testlab.services.errors import UserError
@@ -38,13 +39,18 @@ WEBHOOK_EVENTS = ("named", "jobs", "notices", "all")
 # Who could hear of a job's end, asked at every job's end in one plain statement (no ORM object for
 # the owner), built once (a statement built anew is walked for its cache key at every run): the
 # owner's address if they ask for job ends, and the webhooks registered for them.
-_JOB_LISTENERS = union_all(
-    select(literal("owner"), User.email, User.notify_on).where(
-        User.name == bindparam("owner"),
-        User.email.is_not(None),
-        User.notify_on.in_(("always", "failure")),
-    ),
-    select(literal("webhook"), Webhook.name, null()).where(Webhook.events.in_(("jobs", "all"))),
+_JOB_LISTENERS = Prepared(
+    union_all(
+        select(literal("owner"), User.email, User.notify_on).where(
+            User.name == bindparam("owner"),
+            User.email.is_not(None),
+            # comparisons, not IN: a list in IN is expanded at each run (testlab/db/prepared.py)
+            or_(User.notify_on == "always", User.notify_on == "failure"),
+        ),
+        select(literal("webhook"), Webhook.name, null()).where(
+            or_(Webhook.events == "jobs", Webhook.events == "all")
+        ),
+    )
 )
 
 
@@ -94,7 +100,7 @@ def enqueue_job_end(session: Session, job: Job | EditableRow) -> None:
     spec = job.notify or {}
     when = spec.get("when", "failure")
     owner_email, owner_notify_on, global_hooks = None, None, []
-    for kind, target, notify_on in session.connection().execute(_JOB_LISTENERS, {"owner": job.owner}):
+    for kind, target, notify_on in _JOB_LISTENERS.execute(session, {"owner": job.owner}):
         if kind == "owner":
             owner_email, owner_notify_on = target, notify_on
         else:

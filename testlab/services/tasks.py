@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import Job, Step, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow, split_row
 from testlab.db.session import after_commit
 from testlab.domain.statuses import TaskStatus
@@ -20,7 +21,7 @@ from testlab.services.uses import end_task_use
 def load_task_rows(session: Session, task_id: int) -> tuple[EditableRow, EditableRow, EditableRow] | None:
     """A task with its step and its job, as editable rows (testlab/db/rows.py), in one statement:
     the engine starts and ends every task with all three."""
-    row = session.connection().execute(_TASK_STEP_JOB_ROWS, {"task": task_id}).first()
+    row = _TASK_STEP_JOB_ROWS.execute(session, {"task": task_id}).first()
     if row is None:
         return None
     task, step, job = split_row(row, _TABLES)
@@ -28,7 +29,7 @@ def load_task_rows(session: Session, task_id: int) -> tuple[EditableRow, Editabl
 
 
 _TABLES = (Task.__table__, Step.__table__, Job.__table__)
-_TASK_STEP_JOB_ROWS = (
+_TASK_STEP_JOB_ROWS = Prepared(
     select(*_TABLES)
     .join_from(Task.__table__, Step.__table__, Step.id == Task.step_id)
     .join(Job.__table__, Job.id == Task.job_id)

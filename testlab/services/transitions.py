@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, Event, Host, Job, Step, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow, load_rows, save_rows
 from testlab.domain.rollup import rollup, timestamps
 from testlab.domain.statuses import TaskStatus, VMStatus
@@ -52,7 +53,7 @@ def record_event(
     }
     batch = session.info.get(_BATCH)
     if batch is None:
-        session.connection().execute(_INSERT_EVENT, row)
+        _INSERT_EVENT.execute(session, row)
     else:
         batch.append(row)
     if kind == "notify":
@@ -74,11 +75,11 @@ def batched_events(session: Session) -> Iterator[None]:
     finally:
         del session.info[_BATCH]
     if batch:
-        session.connection().execute(_INSERT_EVENT, batch)
+        _INSERT_EVENT.execute_many(session, batch)
 
 
 _BATCH = "event_batch"
-_INSERT_EVENT = insert(Event.__table__)
+_INSERT_EVENT = Prepared(insert(Event.__table__))
 
 
 def set_vm_status(
@@ -217,9 +218,13 @@ def roll_up_job(
 
 # Built once: every task's start and end rolls its job up, and a statement built anew is walked for
 # its cache key at every run.
-_TASK_STATUSES = select(Task.id, Task.step_id, Task.status).where(Task.job_id == bindparam("of_job"))
+_TASK_STATUSES = Prepared(
+    select(Task.id, Task.step_id, Task.status).where(Task.job_id == bindparam("of_job"))
+)
 _STEPS_OF_JOB = select(Step).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
-_STEP_ROWS_OF_JOB = select(Step.__table__).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
+_STEP_ROWS_OF_JOB = Prepared(
+    select(Step.__table__).where(Step.job_id == bindparam("of_job")).order_by(Step.number)
+)
 
 
 def _task_statuses(session: Session, job_id: int) -> list[tuple[int, str]]:
@@ -229,7 +234,7 @@ def _task_statuses(session: Session, job_id: int) -> list[tuple[int, str]]:
     read in between."""
     if any(isinstance(obj, (Task, Step)) for obj in (*session.new, *session.deleted)):
         session.flush()  # tasks or steps added or removed: the rows are the simplest truth
-    rows = session.connection().execute(_TASK_STATUSES, {"of_job": job_id}).all()
+    rows = _TASK_STATUSES.execute(session, {"of_job": job_id}).all()
     changed = {obj.id: obj for obj in session.dirty if isinstance(obj, Task) and obj.job_id == job_id}
     return [
         (step_id, changed[task_id].status if task_id in changed else status)

@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from testlab.db.models import VM, VMUse, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import EditableRow
 from testlab.lifecycle import Lifecycle, ReusePolicy, Use, UseKind, format_history
 
@@ -37,23 +38,25 @@ _COLUMNS = (
 # The engine's statements, built once: each task's start and end runs them, and a statement built anew
 # is walked for its cache key at every run. They run on the session's connection, past the ORM:
 # uses are never loaded as objects, so there is nothing of the session's to keep in step with them.
-_CURRENT_USES = (
+_CURRENT_USES = Prepared(
     select(*_COLUMNS).where(VMUse.vm_id == bindparam("of_vm"), VMUse.wiped.is_(None)).order_by(VMUse.id)
 )
-_BEGIN_TASK_USE = insert(VMUse).values(
-    vm_id=bindparam("of_vm"),
-    kind=bindparam("use_kind"),
-    job_id=bindparam("of_job"),
-    step=bindparam("of_step"),
-    task_id=bindparam("of_task"),
-    started=bindparam("at"),
+_BEGIN_TASK_USE = Prepared(
+    insert(VMUse).values(
+        vm_id=bindparam("of_vm"),
+        kind=bindparam("use_kind"),
+        job_id=bindparam("of_job"),
+        step=bindparam("of_step"),
+        task_id=bindparam("of_task"),
+        started=bindparam("at"),
+    )
 )
-_END_TASK_USE = (
+_END_TASK_USE = Prepared(
     update(VMUse)
     .where(VMUse.task_id == bindparam("of_task"), VMUse.vm_id == bindparam("of_vm"), VMUse.ended.is_(None))
     .values(ended=bindparam("at"), outcome=bindparam("use_outcome"))
 )
-_WIPE = (
+_WIPE = Prepared(
     update(VMUse)
     .where(VMUse.vm_id == bindparam("of_vm"), VMUse.wiped.is_(None))
     .values(wiped=bindparam("at"))
@@ -98,7 +101,7 @@ def _use(row, now: datetime | None = None) -> Use:
 
 def current_uses(session: Session, vm_id: int, *, now: datetime | None = None) -> list[Use]:
     """The VM's uses since its last wipe, in order; with `now`, those still running are concurrent."""
-    rows = session.connection().execute(_CURRENT_USES, {"of_vm": vm_id}).all()
+    rows = _CURRENT_USES.execute(session, {"of_vm": vm_id}).all()
     return [_use(row, now) for row in rows]
 
 
@@ -122,8 +125,8 @@ def begin_task_use(
 ) -> str:
     """Record a task's use of the VM as it starts; returns the history string as of now."""
     kind = UseKind.PREPARE if prepare else UseKind.TASK
-    session.connection().execute(
-        _BEGIN_TASK_USE,
+    _BEGIN_TASK_USE.execute(
+        session,
         {"of_vm": vm.id, "use_kind": kind, "of_job": job_id, "of_step": step, "of_task": task_id, "at": now},
     )
     vm.uses = (vm.uses or 0) + 1
@@ -135,9 +138,7 @@ def end_task_use(
 ) -> tuple[str, list[Use]]:
     """Close a task's open use with its outcome (None: no verdict, e.g. requeued); returns the history
     string as of now and the VM's current uses (for the protection rule)."""
-    session.connection().execute(
-        _END_TASK_USE, {"of_task": task_id, "of_vm": vm_id, "at": now, "use_outcome": outcome}
-    )
+    _END_TASK_USE.execute(session, {"of_task": task_id, "of_vm": vm_id, "at": now, "use_outcome": outcome})
     uses = current_uses(session, vm_id, now=now)
     return format_history(uses, current_job=job_id), uses
 
@@ -166,7 +167,7 @@ def end_outside_use(session: Session, use_id: int) -> None:
 def wipe_lifecycle(session: Session, vm: VM | EditableRow, now: datetime) -> None:
     """The VM is being wiped: its current lifecycle closes (rows of uses still running stay in it)."""
     if vm.uses:
-        session.connection().execute(_WIPE, {"of_vm": vm.id, "at": now})
+        _WIPE.execute(session, {"of_vm": vm.id, "at": now})
     vm.uses = 0
     vm.wipe_requested = False
 

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from testlab.db.models import VM, Event, Host, Job, Task, utcnow
+from testlab.db.prepared import Prepared
 from testlab.db.rows import load_row
 from testlab.db.session import get_engine, run_transaction, session_scope
 from testlab.domain.statuses import TaskStatus, VMStatus
@@ -16,7 +17,7 @@ from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
 from tests.engine.harness import make_lab, submit
 
-VM_ROW = select(VM.__table__).where(VM.name == "v1")
+VM_ROW = Prepared(select(VM.__table__).where(VM.name == "v1"))
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def lab(settings, tmp_path):
 
 def vm_row(settings) -> dict:
     with session_scope(settings.database_url, readonly=True) as session:
-        return dict(session.execute(VM_ROW).one()._mapping)
+        return dict(session.execute(VM_ROW.statement).one()._mapping)
 
 
 def test_a_saved_row_writes_what_changed_and_bumps_its_version(lab):
