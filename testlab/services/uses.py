@@ -49,6 +49,7 @@ _BEGIN_TASK_USE = Prepared(
         step=bindparam("of_step"),
         task_id=bindparam("of_task"),
         started=bindparam("at"),
+        detail="",  # given: a default filled in Python would send it through SQLAlchemy (db/prepared.py)
     )
 )
 _END_TASK_USE = Prepared(
