@@ -1,21 +1,22 @@
 """The engine's hot statements, compiled once per database and run straight on the driver.
 
-A trivial task costs the engine about fifty statements (a round's read, a plan's record, a revert's
-end, a task's start and end). Through SQLAlchemy's execution machinery each cost 20-40 us of Python
-(the session asked for its connection, the statement walked for its cache key, an execution context,
-events, a result object) around 1-5 us of the driver's own: most of the engine's database thread
-(docs/engine.md, "The loop"). A `Prepared` statement is a Core statement compiled once per dialect
-into its SQL text, the order of its parameters with their type conversions (SQLAlchemy's own, so a
-datetime, a boolean or a JSON column reads and writes as it does through the ORM) and its result
-columns' conversions; it then runs on the driver connection of the session's transaction.
+A trivial task costs the engine about forty statements and six BEGINs (a round's read, a plan's
+record, a revert's end, a task's start and end). Through SQLAlchemy's execution machinery each cost
+20-40 us of Python (the session asked for its connection, the statement walked for its cache key, an
+execution context, events, a result object) around 1-5 us of the driver's own: most of the engine's
+database thread (docs/engine.md, "The loop"). A `Prepared` statement is a Core statement compiled
+once per dialect into its SQL text, the order of its parameters with their type conversions
+(SQLAlchemy's own, so a datetime, a boolean or a JSON column reads and writes as it does through the
+ORM) and its result columns' conversions; it then runs on the driver connection of the session's
+transaction.
 
 What it keeps of SQLAlchemy's behaviour: the transaction is the session's (same connection, same
 BEGIN), a driver error is raised as SQLAlchemy's wrapped exception (an outage is still an
 OperationalError, a lost connection is invalidated), a write marks the transaction as having written
 (so its commit wakes the engine: testlab/db/session.py), and `before_cursor_execute` listeners still
 see each statement. What it leaves out: the other execution events, and statements it cannot
-compile once (a parameter that expands into a list, `IN :names`): those run through SQLAlchemy as
-before.
+compile once (a parameter that expands into a list, `IN :names`; a column default filled in Python
+at each run): those run through SQLAlchemy as before (`on_driver` says which).
 """
 
 from __future__ import annotations
