@@ -68,9 +68,6 @@ class Rows:
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rows)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def all(self) -> list[Any]:
         return self.rows
 
@@ -79,9 +76,6 @@ class Rows:
 
     def scalar(self) -> Any:
         return self.rows[0][0] if self.rows else None
-
-    def scalars(self) -> list[Any]:
-        return [row[0] for row in self.rows]
 
 
 class _Form:
