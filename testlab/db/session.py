@@ -152,7 +152,7 @@ def is_sqlite(url: str) -> bool:
 
 @cache
 def _sessions(
-    url: str, readonly: bool, busy_timeout_ms: int, idle_in_transaction_ms: int | None
+    url: str, readonly: bool, busy_timeout_ms: int, idle_in_transaction_ms: int | None, snapshot: bool = False
 ) -> sessionmaker[Session]:
     engine = get_engine(url, busy_timeout_ms, idle_in_transaction_ms)
     if readonly:
@@ -160,6 +160,8 @@ def _sessions(
             bind = engine.execution_options(testlab_sqlite_begin="DEFERRED")
         else:
             bind = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    elif snapshot and not is_sqlite(url):  # SQLite's writer holds the write lock: one state already
+        bind = engine.execution_options(isolation_level="REPEATABLE READ")
     else:
         bind = engine
     return sessionmaker(bind, expire_on_commit=False)
@@ -236,12 +238,15 @@ def session_scope(
     actor: str | None = None,
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     idle_in_transaction_ms: int | None = None,
+    snapshot: bool = False,
 ) -> Iterator[Session]:
     """One transaction: committed on success, rolled back on any error (no partial writes).
 
     `actor` is recorded with every event the transaction writes (who changed what). Once committed,
-    a transaction that wrote anything wakes the engine."""
-    session = _sessions(url, readonly, busy_timeout_ms, idle_in_transaction_ms)()
+    a transaction that wrote anything wakes the engine. `snapshot`: a writing transaction whose
+    reads must all see one state (PostgreSQL runs it at REPEATABLE READ: a row another transaction
+    changed since then cannot be written, and `run_transaction` runs the work again)."""
+    session = _sessions(url, readonly, busy_timeout_ms, idle_in_transaction_ms, snapshot)()
     if actor is not None:
         session.info["actor"] = actor
     try:
@@ -274,6 +279,7 @@ def run_transaction(
     attempts: int = CONFLICT_ATTEMPTS,
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
     idle_in_transaction_ms: int | None = None,
+    snapshot: bool = False,
 ) -> T:
     """Run `work(session)` in one transaction; when a conditional write finds that a row it read has
     moved on, or PostgreSQL chose it as a deadlock's victim (two writers locking rows in opposite
@@ -287,6 +293,7 @@ def run_transaction(
                 actor=actor,
                 busy_timeout_ms=busy_timeout_ms,
                 idle_in_transaction_ms=idle_in_transaction_ms,
+                snapshot=snapshot,
             ) as session:
                 return work(session)
         except (StaleDataError, DBAPIError) as error:

@@ -1,9 +1,9 @@
 """The engine: one asyncio process that plans with the pure scheduler and drives the lab.
 
 Loop: wait for a change (the event history grew, an operation ended, a tick passed) -> read a
-snapshot -> plan -> record the actions -> run them as background coroutines. Database calls run on
-the engine's database thread, planning on a thread of its own, hypervisor calls in each host's thread
-pool: nothing blocks the event loop.
+snapshot, plan and record the actions (one transaction: testlab/engine/planning.py) -> run them as
+background coroutines. Database calls and planning run on the engine's database thread, hypervisor
+calls in each host's thread pool: nothing blocks the event loop.
 
 What stops it: SIGTERM/SIGINT, a lost lease (another engine took over: it changes nothing more and
 exits 1) or a schema it does not know. What does not: a database outage (it pauses, leaves the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
 import signal
 import time
@@ -31,20 +30,20 @@ from testlab.engine import reading
 from testlab.engine.connections import Connections
 from testlab.engine.database import EngineDatabase, describe_outage, is_database_outage
 from testlab.engine.disk import EngineDisk
-from testlab.engine.dispatch import record_blocked, record_notice, record_plan
+from testlab.engine.dispatch import record_notice
 from testlab.engine.lease import LeaseKeeper, LeaseLost
 from testlab.engine.notifier import Notifier
 from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
+from testlab.engine.planning import RoundInputs, plan_and_record
 from testlab.engine.reconcile import reconcile
 from testlab.engine.reuse import LastViews
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork, View
 from testlab.metrics import OPERATION_SECONDS, ROUND_SECONDS
-from testlab.scheduler import PowerOff
-from testlab.scheduler.rounds import Carried, plan_round
+from testlab.scheduler.rounds import Carried
 from testlab.services.jobs import recover_staged_jobs
-from testlab.threads import DaemonThreadPool, name_os_thread
+from testlab.threads import name_os_thread
 
 log = logging.getLogger("testlab.engine")
 
@@ -83,7 +82,6 @@ class Engine:
         self._demand: dict[int, int] = {}
         self._demand_read = -DEMAND_REFRESH  # never: the first round counts
         self._disk_looked = -DISK_LOOK_INTERVAL  # never: the first round looks
-        self._planner = DaemonThreadPool(1, "testlab-plan")
         self._last_views = LastViews()  # the last round's views, reused where nothing changed
         self._carried: Carried | None = None  # what the last plan leaves to the next (its quiet hosts)
         self._wake = asyncio.Event()
@@ -134,7 +132,6 @@ class Engine:
                 await asyncio.wait_for(self.lease.release(), SHUTDOWN_GRACE)
             self.lease.close()
             self.db.close()
-            self._planner.shutdown(wait=False)
         return self.exit_code
 
     def _fail(self, error: BaseException) -> None:
@@ -285,46 +282,41 @@ class Engine:
         return min(max(tick, until), max(tick, self.options.idle_tick))
 
     async def _round(self) -> None:
+        """Read, plan and record in one unit on the database thread (testlab/engine/planning.py),
+        then start what it recorded and what else the read found due."""
         self.rounds += 1
+        paused, notices = self.disk.check(await self._look_at_disk())
+        for notice in notices:
+            log.warning("%s", notice)
+            await self.db.write(record_notice, notice)
         fresh = time.monotonic() - self._demand_read < DEMAND_REFRESH
-        view = await self.db.read(
-            reading.read_round,
-            self.options,
-            frozenset(self.inflight),
-            time.time(),
-            self._demand if fresh else None,
-            self._last_views,
+        done = await self.db.write_on_snapshot(
+            plan_and_record,
+            RoundInputs(
+                settings=self.settings,
+                options=self.options,
+                inflight=frozenset(self.inflight),
+                now=time.time(),
+                demand=self._demand if fresh else None,
+                last=self._last_views,
+                carried=self._carried,
+                paused=paused,
+                blocked=self.blocked,
+            ),
         )
+        view, self._carried = done.view, done.carried
         if not fresh:
             self._demand, self._demand_read = view.demand, time.monotonic()
         self._next_wait = self._wait_after(view)
         self.connections.configure(view.host_configs)
         self._drop_stale_followers(view.running)
-        paused, notices = self.disk.check(await self._look_at_disk())
-        for notice in notices:
-            log.warning("%s", notice)
-            await self.db.write(record_notice, notice)
-        loop = asyncio.get_running_loop()
-        decided, self._carried = await loop.run_in_executor(
-            self._planner, plan_round, view.snapshot, self._carried
-        )
-        blocked = {f"vm {vm}": reason for vm, reason in decided.blocked.items()}
-        if paused is not None:
-            blocked["engine"] = paused
-        if blocked != self.blocked:
-            await self.db.write(record_blocked, blocked)
-            for subject, reason in blocked.items():
+        if done.blocked != self.blocked:
+            for subject, reason in done.blocked.items():
                 if (self.blocked or {}).get(subject) != reason:
                     log.info("work for %s is blocked: %s", subject, reason)
-            self.blocked = blocked
-        actions = decided.actions
-        if paused is not None:  # nothing new while the engine's own disk is full; power-offs go on
-            actions = tuple(a for a in actions if isinstance(a, PowerOff))
-        if actions:
-            for work in await self.db.write(
-                record_plan, dataclasses.replace(decided, actions=actions), view, self.settings, self.options
-            ):
-                self._spawn(work.vm.name, work, self._operation(work))
+            self.blocked = done.blocked
+        for work in done.work:
+            self._spawn(work.vm.name, work, self._operation(work))
         for kill in view.to_kill:
             if kill.task_id not in self.killing:
                 self._kill(kill)

@@ -53,6 +53,12 @@ class EngineDatabase:
         """Run `work(session, *args, **kwargs)` in one fenced, conditional transaction."""
         return await self._on_thread(functools.partial(self._fenced, work, args, kwargs))
 
+    async def write_on_snapshot(self, work: Callable[..., T], *args: Any) -> T:
+        """Like `write`, for a unit whose reads must all see one state, as a read's do (a planning
+        round reads the lab and records what it planned from that): run again if a row it read
+        changes before its commit (testlab/db/session.py)."""
+        return await self._on_thread(functools.partial(self._fenced, work, args, {}, snapshot=True))
+
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(session, *args)` in one read-only transaction (a consistent snapshot)."""
         return await self._on_thread(
@@ -62,14 +68,20 @@ class EngineDatabase:
     async def _on_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._thread.submit(call))
 
-    def _fenced(self, work: Callable[..., T], args: tuple, kwargs: dict[str, Any]) -> T:
+    def _fenced(
+        self, work: Callable[..., T], args: tuple, kwargs: dict[str, Any], *, snapshot: bool = False
+    ) -> T:
         def unit(session: Session) -> T:
             if self.epoch is not None:
                 lease.check(session, self.epoch)
             return work(session, *args, **kwargs)
 
         return run_transaction(
-            self.url, unit, actor=self.actor, idle_in_transaction_ms=lease.ENGINE_IDLE_IN_TRANSACTION_MS
+            self.url,
+            unit,
+            actor=self.actor,
+            idle_in_transaction_ms=lease.ENGINE_IDLE_IN_TRANSACTION_MS,
+            snapshot=snapshot,
         )
 
     def close(self) -> None:

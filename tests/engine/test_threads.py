@@ -28,4 +28,4 @@ def test_an_engine_s_threads_are_named_by_what_they_do(settings, tmp_path, engin
     wait_for_jobs(settings, [job_id], 60)
     assert engine.process is not None
     names = _thread_names(engine.process.pid)
-    assert {"testlab-db", "testlab-plan", "testlab-lease", "testlab-io", "host-h1"} <= names, names
+    assert {"testlab-db", "testlab-lease", "testlab-io", "host-h1"} <= names, names
