@@ -37,6 +37,7 @@ class Connections:
         self.problems: dict[str, str] = {}  # host -> why it cannot be used as configured
         self._configs: dict[str, HostConfig] = {}
         self._clients: dict[str, tuple[tuple[str, str], AgentClient]] = {}  # VM name -> (url, token), client
+        self._answered: dict[str, str] = {}  # VM name -> the boot id its client's agent answered with
         self._closing: set[asyncio.Task] = set()
 
     def configure(self, hosts: list[HostConfig]) -> None:
@@ -72,10 +73,22 @@ class Connections:
             raise HostUnreachable(self.problems.get(host, f"host {host} is not configured"), host=host)
         return driver
 
-    async def agent(self, vm: VMRef, url: str | None = None) -> AgentClient:
+    async def agent(self, vm: VMRef, url: str | None = None, *, boot_id: str | None = None) -> AgentClient:
         """The agent client of a VM: the backend knows its address (local sandboxes) or the lab file
-        names it. One client per VM, replaced (and the old one closed) when the address changes."""
+        names it. One client per VM, replaced (and the old one closed) when the address changes.
+
+        With the `boot_id` of the boot a task was started for: the client whose agent answered with
+        that boot id (`answered`) without asking the backend again (a trip to the host's thread at
+        every task, for the address the revert just gave). Had the VM booted again since, its agent
+        would refuse the task's boot id, or not be there: the task is requeued either way."""
+        known = self._clients.get(vm.name)
+        if boot_id is not None and known is not None and self._answered.get(vm.name) == boot_id:
+            return known[1]
         return self.client(vm, await self.driver(vm.host).agent_address(vm.domain), url)
+
+    def answered(self, vm: VMRef, boot_id: str) -> None:
+        """The VM's current client reached its agent, which runs boot `boot_id`."""
+        self._answered[vm.name] = boot_id
 
     def client(self, vm: VMRef, address: AgentAddress | None, url: str | None = None) -> AgentClient:
         """`agent` for an address the backend has just given (None: it knows none, the lab file's
@@ -96,6 +109,7 @@ class Connections:
             return known[1]
         if known is not None:
             self._close_later(known[1])
+        self._answered.pop(vm.name, None)
         client = AgentClient(
             url,
             token,
@@ -120,4 +134,5 @@ class Connections:
             await driver.aclose()
         await asyncio.gather(*self._closing, return_exceptions=True)
         self._clients.clear()
+        self._answered.clear()
         self.drivers.clear()

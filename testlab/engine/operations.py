@@ -84,6 +84,7 @@ class Operations:
                 vm, await driver.revert_and_locate(vm.domain, vm.snapshot, timeout=timeout)
             )
             info = await agent.wait_until_up(timeout=self.options.agent_boot_timeout, not_boot_id=vm.boot_id)
+            self.connections.answered(vm, info.boot_id)
             if work.sleep > 0:
                 await self.db.write(self.outcomes.revert_settling, vm.id, info.boot_id)
                 await asyncio.sleep(work.sleep)
@@ -151,7 +152,7 @@ class Operations:
         """Start the task's command (or re-attach to it after an engine restart) and see it to its end."""
         record = self.outcomes
         try:
-            agent = await self.connections.agent(work.vm, work.agent_url)
+            agent = await self.connections.agent(work.vm, work.agent_url, boot_id=work.boot_id)
             log_file, to_upload = await asyncio.to_thread(
                 files.open_try, work, self.options.max_log_bytes, attach=attach
             )
