@@ -36,7 +36,7 @@ from testlab.engine.notifier import Notifier
 from testlab.engine.operations import Operations
 from testlab.engine.options import EngineOptions
 from testlab.engine.outcomes import Outcomes
-from testlab.engine.planning import RoundInputs, plan_and_record
+from testlab.engine.planning import RoundInputs, run_round
 from testlab.engine.reconcile import reconcile
 from testlab.engine.reuse import LastViews
 from testlab.engine.work import HostCheck, KillWork, MonitorWork, PowerOffWork, RevertWork, TaskWork, View
@@ -84,6 +84,7 @@ class Engine:
         self._disk_looked = -DISK_LOOK_INTERVAL  # never: the first round looks
         self._last_views = LastViews()  # the last round's views, reused where nothing changed
         self._carried: Carried | None = None  # what the last plan leaves to the next (its quiet hosts)
+        self._last_read = 0.0  # seconds the last round's read took (testlab/engine/planning.py)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._last_event = -1
@@ -290,8 +291,9 @@ class Engine:
             log.warning("%s", notice)
             await self.db.write(record_notice, notice)
         fresh = time.monotonic() - self._demand_read < DEMAND_REFRESH
-        done = await self.db.write_on_snapshot(
-            plan_and_record,
+        done = await self.db.on_thread(
+            run_round,
+            self.db,
             RoundInputs(
                 settings=self.settings,
                 options=self.options,
@@ -302,9 +304,10 @@ class Engine:
                 carried=self._carried,
                 paused=paused,
                 blocked=self.blocked,
+                last_read=self._last_read,
             ),
         )
-        view, self._carried = done.view, done.carried
+        view, self._carried, self._last_read = done.view, done.carried, done.read_seconds
         if not fresh:
             self._demand, self._demand_read = view.demand, time.monotonic()
         self._next_wait = self._wait_after(view)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import exc as sql_errors
 from sqlalchemy.orm import Session
 
-from testlab.db.session import run_transaction
+from testlab.db.session import is_sqlite, run_transaction
 from testlab.engine import lease
 from testlab.threads import DaemonThreadPool
 
@@ -53,17 +53,29 @@ class EngineDatabase:
         """Run `work(session, *args, **kwargs)` in one fenced, conditional transaction."""
         return await self._on_thread(functools.partial(self._fenced, work, args, kwargs))
 
-    async def write_on_snapshot(self, work: Callable[..., T], *args: Any) -> T:
-        """Like `write`, for a unit whose reads must all see one state, as a read's do (a planning
-        round reads the lab and records what it planned from that): run again if a row it read
-        changes before its commit (testlab/db/session.py)."""
-        return await self._on_thread(functools.partial(self._fenced, work, args, {}, snapshot=True))
-
     async def read(self, work: Callable[..., T], *args: Any) -> T:
         """Run `work(session, *args)` in one read-only transaction (a consistent snapshot)."""
-        return await self._on_thread(
-            functools.partial(run_transaction, self.url, lambda s: work(s, *args), readonly=True)
-        )
+        return await self._on_thread(functools.partial(self.read_here, work, *args))
+
+    async def on_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work(*args)` on the database thread, where it calls `read_here` and `write_here`
+        for its transactions: one trip from the loop for several of them."""
+        return await self._on_thread(functools.partial(work, *args))
+
+    def read_here(self, work: Callable[..., T], *args: Any) -> T:
+        """`read`, on the calling thread (the database thread: see `on_thread`)."""
+        return run_transaction(self.url, lambda s: work(s, *args), readonly=True)
+
+    def write_here(self, work: Callable[..., T], *args: Any, snapshot: bool = False) -> T:
+        """`write`, on the calling thread (the database thread: see `on_thread`). `snapshot`: every
+        read of the unit sees one state, as a read-only transaction's do; it is run again if a row it
+        read changes before its commit (testlab/db/session.py)."""
+        return self._fenced(work, args, {}, snapshot=snapshot)
+
+    @property
+    def reads_under_write_lock(self) -> bool:
+        """SQLite: a writing transaction holds the database's one write lock from its first read."""
+        return is_sqlite(self.url)
 
     async def _on_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._thread.submit(call))
