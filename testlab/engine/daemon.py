@@ -1,9 +1,10 @@
 """The engine: one asyncio process that plans with the pure scheduler and drives the lab.
 
 Loop: wait for a change (the event history grew, an operation ended, a tick passed) -> read a
-snapshot, plan and record the actions (one transaction: testlab/engine/planning.py) -> run them as
-background coroutines. Database calls and planning run on the engine's database thread, hypervisor
-calls in each host's thread pool: nothing blocks the event loop.
+snapshot, plan and record the actions (one trip to the database thread, and one transaction where
+that holds no other writer up: testlab/engine/planning.py) -> run them as background coroutines.
+Database calls and planning run on the engine's database thread, hypervisor calls in each host's
+thread pool: nothing blocks the event loop.
 
 What stops it: SIGTERM/SIGINT, a lost lease (another engine took over: it changes nothing more and
 exits 1) or a schema it does not know. What does not: a database outage (it pauses, leaves the
@@ -283,7 +284,7 @@ class Engine:
         return min(max(tick, until), max(tick, self.options.idle_tick))
 
     async def _round(self) -> None:
-        """Read, plan and record in one unit on the database thread (testlab/engine/planning.py),
+        """Read, plan and record in one trip to the database thread (testlab/engine/planning.py),
         then start what it recorded and what else the read found due."""
         self.rounds += 1
         paused, notices = self.disk.check(await self._look_at_disk())
