@@ -14,8 +14,10 @@ neighbour skews both alike) and the medians are printed:
 - cycle per task: the window's wall time x VMs / tasks, i.e. what one task costs one VM, revert included;
 - tasks/s: tasks / the window's wall time;
 - engine CPU per task: utime + stime of the engine process (/proc/PID/stat) over the window / tasks,
-  and the same split by thread (/proc/PID/task: the engine names its threads, the database's, the
-  planner's, each host's workers, its file work; the main thread is the event loop);
+  the stime part alone (the kernel's file and process work for the engine, which varies more from
+  run to run than the engine's own code), and the same split by thread (/proc/PID/task: the engine
+  names its threads, the database's (where rounds are planned too), each host's workers, its file
+  work; the main thread is the event loop);
 - lab CPU per task: every other process of the lab (the sandboxes: their init, agent and commands; the
   `unshare` and the spare disk copies the engine starts), counted exactly: live ones from /proc at both
   ends of the window, dead ones from their parents' waited-for CPU (the engine's cutime + cstime) and,
@@ -84,8 +86,14 @@ def _stat(pid: int) -> list[str] | None:
 
 def own_cpu(pid: int) -> float:
     """Seconds of CPU the process (all its threads) used: utime + stime."""
+    return sum(user_and_system(pid))
+
+
+def user_and_system(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the process in seconds: its own code, and the kernel's work for it (file
+    and process work, which varies from run to run on a busy disk more than the code's)."""
     fields = _stat(pid)
-    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICK
+    return (0.0, 0.0) if fields is None else (int(fields[11]) / TICK, int(fields[12]) / TICK)
 
 
 def thread_cpu(pid: int) -> Counter[str]:
@@ -305,6 +313,11 @@ class Round:
     lab_cpu: float
     engine_threads: Counter[str]
     pooled: bool = False
+    engine_system: float = 0.0  # of engine_cpu, the kernel's
+
+    @property
+    def engine_system_ms(self) -> float:
+        return self.engine_system / self.tasks * 1000
 
     @property
     def cycle_ms(self) -> float:
@@ -333,21 +346,23 @@ def throughput(
         else:
             jobs = [(f"t{n}", _job(f"t{n}", lab.vms[n % vm_count], "true")) for n in range(tasks)]
         ids = submit_all(lab.settings, lab.jobs, jobs)
-        engine_before, lab_before = own_cpu(lab.engine.pid), cpu.total()
+        (user_before, system_before), lab_before = user_and_system(lab.engine.pid), cpu.total()
         threads_before = thread_cpu(lab.engine.pid)
         started = time.time()
         wait_quiet(lab.settings, lab.engine, ids)
         ended = last_idle(lab.settings)
         threads = thread_cpu(lab.engine.pid)
         threads.subtract(threads_before)
+        user, system = user_and_system(lab.engine.pid)
         return Round(
             vm_count,
             tasks,
             ended - started,
-            own_cpu(lab.engine.pid) - engine_before,
+            user + system - user_before - system_before,
             cpu.total() - lab_before,
             threads,
             pooled,
+            system - system_before,
         )
     finally:
         lab.close()
@@ -452,6 +467,8 @@ def main() -> None:
             engine = [r.engine_ms for r in runs]
             verdict = _verdict(engine, ENGINE_MS)
             print(f"  engine CPU per task:                 {_spread(engine, 'ms')}  {verdict}")
+            system = [r.engine_system_ms for r in runs]
+            print(f"    of it the kernel's (system time):  {_spread(system, 'ms')}")
             print(f"    by thread (ms per task, all rounds): {_by_thread(runs)}")
             print(f"  lab CPU per task (sandboxes, agents): {_spread([r.lab_ms for r in runs], 'ms')}")
         root = base / "idle"
