@@ -76,6 +76,13 @@ class OperationTimedOut(HypervisorError):
     """The call overran its deadline; the engine treats the domain as being in an unknown state."""
 
 
+#: The typed errors by class name, as fault plans and the local hypervisor process's answers name them.
+ERRORS_BY_NAME: Mapping[str, type[HypervisorError]] = {
+    cls.__name__: cls
+    for cls in (HostUnreachable, DomainMissing, SnapshotMissing, OperationFailed, OperationTimedOut)
+}
+
+
 class Backend(abc.ABC):
     """Blocking operations on one host's domains. One instance per host; thread-safe.
 
@@ -197,6 +204,12 @@ class Backend(abc.ABC):
     def agent_address(self, domain: str) -> AgentAddress | None:
         """Where the domain's agent listens, if the backend knows; else the VM's configured agent."""
         return None
+
+    def revert_and_locate(self, domain: str, snapshot: str) -> AgentAddress | None:
+        """`revert`, then `agent_address`: the engine asks both after every revert, and a backend in
+        another process (testlab/hypervisor/local_process.py) answers them in one round trip."""
+        self.revert(domain, snapshot)
+        return self.agent_address(domain)
 
     def ensure_domain(self, domain: str, snapshot: str) -> None:
         """Make sure the domain exists with the snapshot (`lab apply`); backends that cannot create

@@ -147,7 +147,7 @@ class HostDriver:
         """Revert, then ask where the new boot's agent listens (`agent_address`), in one trip to the
         host's thread: the engine asks after every revert, and each trip costs its loop a wake-up."""
         return await self._call(
-            "revert", timeout, _revert_and_locate, self.backend, domain, snapshot, domain=domain
+            "revert", timeout, self.backend.revert_and_locate, domain, snapshot, domain=domain
         )
 
     async def list_snapshots(self, domain: str, *, timeout: float | None = None) -> list[str]:
@@ -206,11 +206,6 @@ def host_driver(backend: Backend, *, max_workers: int = 4) -> HostDriver:
     30-minute reinstall must not be abandoned at the default 6 minutes). The backend checked the
     options when it was built, so this cannot fail on them."""
     return HostDriver(backend, max_workers=max_workers, timeouts=backend.deadlines())
-
-
-def _revert_and_locate(backend: Backend, domain: str, snapshot: str) -> AgentAddress | None:
-    backend.revert(domain, snapshot)
-    return backend.agent_address(domain)
 
 
 def _guarded(fn: Callable[..., T], *args: Any) -> T:
