@@ -22,16 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from testlab.hypervisor.base import (
+    ERRORS_BY_NAME,
     AgentAddress,
     Backend,
-    DomainMissing,
     DomainState,
     HostHealth,
-    HostUnreachable,
-    HypervisorError,
-    OperationFailed,
-    OperationTimedOut,
-    SnapshotMissing,
 )
 
 T = TypeVar("T")
@@ -55,10 +50,7 @@ OPERATIONS = frozenset(
     }
 )
 ACTIONS = frozenset({"delay", "fail", "hang", "power_off", "broken_revert"})
-ERRORS: Mapping[str, type[HypervisorError]] = {
-    cls.__name__: cls
-    for cls in (HostUnreachable, DomainMissing, SnapshotMissing, OperationFailed, OperationTimedOut)
-}
+ERRORS = ERRORS_BY_NAME
 
 
 @dataclass(frozen=True, slots=True)
