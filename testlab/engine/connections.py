@@ -48,7 +48,7 @@ class Connections:
                 continue
             try:
                 token = Path(config.agent_token_file).read_text().strip() if config.agent_token_file else None
-                driver = host_driver(_with_faults(open_host(config)))
+                driver = host_driver(_with_faults(open_host(config, own_process=True)))
             except (OSError, ValueError) as error:
                 problem = f"host {config.name}: {type(error).__name__}: {error}"
                 if self.problems.get(config.name) != problem:

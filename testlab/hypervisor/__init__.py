@@ -50,6 +50,12 @@ def _local(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
     return LocalBackend(host, uri, options)
 
 
+def _local_process(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
+    from testlab.hypervisor.local_process import LocalProcessBackend
+
+    return LocalProcessBackend(host, uri, options)
+
+
 def _libvirt(host: str, uri: str, options: Mapping[str, Any] | None) -> Backend:
     from testlab.hypervisor.libvirt import LibvirtBackend
 
@@ -68,15 +74,28 @@ BACKEND_KINDS: Mapping[str, Callable[[str, str, Mapping[str, Any] | None], Backe
     "libvirt": _libvirt,
     "command": _command,
 }
+# The engine's: a backend whose work is done in a process of its own, where the kind has one.
+_OWN_PROCESS_KINDS: Mapping[str, Callable[[str, str, Mapping[str, Any] | None], Backend]] = {
+    "local": _local_process,
+}
 
 
-def open_backend(kind: str, host: str, uri: str, options: Mapping[str, Any] | None = None) -> Backend:
+def open_backend(
+    kind: str,
+    host: str,
+    uri: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    own_process: bool = False,
+) -> Backend:
     """Build the backend of a host from its lab definition.
 
     `options["faults"]`, a fault plan as plain data, wraps the backend in a FaultyBackend (tests).
+    `own_process`: a local host's work is done in a child process (the engine's choice: testlab/
+    hypervisor/local_process.py); libvirt's is libvirtd's and a command host's its commands' already.
     Raises ValueError, with a one-line message, for an unknown kind or a malformed URI or option.
     """
-    factory = BACKEND_KINDS.get(kind)
+    factory = (_OWN_PROCESS_KINDS.get(kind) if own_process else None) or BACKEND_KINDS.get(kind)
     if factory is None:
         raise ValueError(
             f"unknown backend {kind!r} for host {host!r} (known: {', '.join(sorted(BACKEND_KINDS))})"
@@ -100,8 +119,12 @@ class HostConfig:
     options: Mapping[str, Any] = field(default_factory=dict)  # backend options from the lab file
 
 
-def open_host(config: HostConfig) -> Backend:
+def open_host(config: HostConfig, *, own_process: bool = False) -> Backend:
     """The one way a host's backend is built (the engine, the CLI and the demo all come here)."""
     return open_backend(
-        config.backend, config.name, config.uri, {**config.options, "commands": dict(config.commands)}
+        config.backend,
+        config.name,
+        config.uri,
+        {**config.options, "commands": dict(config.commands)},
+        own_process=own_process,
     )

@@ -1,17 +1,22 @@
-"""The engine's agent clients: a task started for the boot a revert just met uses that boot's client
-without asking the backend where its agent listens again."""
+"""The engine's connections: a task started for the boot a revert just met uses that boot's agent
+client without asking the backend where its agent listens again; a local host's work is done by a
+local hypervisor process the engine starts and closes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 
 import pytest
 
 from testlab.engine.connections import Connections
 from testlab.engine.options import EngineOptions
 from testlab.engine.work import VMRef
-from testlab.hypervisor import FaultPlan, FaultyBackend, host_driver
+from testlab.hypervisor import FaultPlan, FaultyBackend, HostConfig, host_driver
 from testlab.hypervisor.base import HostUnreachable
+from testlab.hypervisor.local_process import LocalProcessBackend
 from tests.hypervisor.conftest import make_local, shutdown
 
 
@@ -46,3 +51,27 @@ def test_a_task_for_the_boot_a_revert_met_does_not_ask_the_backend_again(tmp_pat
         asyncio.run(scenario())
     finally:
         shutdown(backend)
+
+
+def test_the_engine_does_a_local_host_s_work_in_a_process_of_its_own(tmp_path) -> None:
+    make_local(tmp_path).close()
+    connections = Connections(EngineOptions())
+    connections.configure([HostConfig("localhost", "local", f"local://{tmp_path / 'vms'}")])
+    backend = connections.driver("localhost").backend
+    assert isinstance(backend, LocalProcessBackend)
+
+    async def scenario() -> int:
+        try:
+            await connections.driver("localhost").revert_and_locate("d1", "clean")
+            settings = json.loads((tmp_path / "vms" / "d1" / "agent.json").read_text())
+            raw = Path(f"/proc/{settings['sandbox_pid']}/stat").read_bytes()
+            assert int(raw[raw.rindex(b")") + 2 :].split()[1]) == backend.pid != os.getpid()
+            return backend.pid
+        finally:
+            await connections.aclose()
+
+    try:
+        pid = asyncio.run(scenario())
+        assert backend.pid is None and not Path(f"/proc/{pid}/cmdline").exists()  # closed with the engine's
+    finally:
+        shutdown(make_local(tmp_path))

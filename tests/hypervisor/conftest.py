@@ -21,7 +21,7 @@ LIBVIRT_LAB = DATA / "libvirt-lab.xml"
 FAKEHOST = DATA / "command-backend" / "fakehost.py"
 
 LAB = {"d1": ["clean"], "d2": ["clean"], "shared": ["clean", "clean-fr"]}
-BACKENDS = ["libvirt", "local", "command"]
+BACKENDS = ["libvirt", "local", "local-process", "command"]
 
 
 def need_agent() -> None:
@@ -45,6 +45,12 @@ def make_local(tmp_path: Path, **options: object) -> Backend:
     return backend
 
 
+def make_local_process(tmp_path: Path) -> Backend:
+    """The engine's local backend: the same domains, served by a local hypervisor process."""
+    make_local(tmp_path).close()
+    return open_backend("local", "localhost", f"local://{tmp_path / 'vms'}", own_process=True)
+
+
 def command_options(state_dir: Path) -> dict[str, object]:
     base = f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKEHOST))} {shlex.quote(str(state_dir))}"
     ops = ["state", "power_on", "power_off", "list_snapshots", "health", "power_cycle"]
@@ -64,7 +70,12 @@ def make_command(tmp_path: Path) -> Backend:
     return open_backend("command", "rack1", "command://rack1", command_options(state_dir))
 
 
-MAKERS = {"libvirt": make_libvirt, "local": make_local, "command": make_command}
+MAKERS = {
+    "libvirt": make_libvirt,
+    "local": make_local,
+    "local-process": make_local_process,
+    "command": make_command,
+}
 
 
 def shutdown(backend: Backend) -> None:
