@@ -18,10 +18,13 @@ neighbour skews both alike) and the medians are printed:
   run to run than the engine's own code), and the same split by thread (/proc/PID/task: the engine
   names its threads, the database's (where rounds are planned too), each host's workers, its file
   work; the main thread is the event loop);
-- lab CPU per task: every other process of the lab (the sandboxes: their init, agent and commands; the
-  `unshare` and the spare disk copies the engine starts), counted exactly: live ones from /proc at both
-  ends of the window, dead ones from their parents' waited-for CPU (the engine's cutime + cstime) and,
-  for a sandbox whose `unshare` died before it, from this process, a child subreaper that reaps them.
+- lab CPU per task: every other process of the lab (the engine's local hypervisor process, which
+  does the sandboxes' work as libvirtd does a libvirt host's; the sandboxes: their init, agent and
+  commands; the `unshare` and the spare disk copies), counted exactly: live ones from /proc at both
+  ends of the window, dead ones from their parents' waited-for CPU (cutime + cstime) and, for a
+  sandbox whose `unshare` died before it, from this process, a child subreaper that reaps them. The
+  local hypervisor process's own share is printed apart, and with the engine's: what the two cost
+  together, whichever process does the work.
 
 Then, on a 1-VM lab with the VM ready: the engine's CPU while it has nothing to do (% of one core over
 --idle-seconds), and the latency from a job submitted by this process (another process than the
@@ -110,6 +113,24 @@ def thread_cpu(pid: int) -> Counter[str]:
                 kind = "event loop" if tid == str(pid) else re.sub(r"-\d+$", "", name)
                 spent[kind] += (int(fields[11]) + int(fields[12])) / TICK
     return spent
+
+
+def hypervisor_cpu(engine_pid: int) -> float:
+    """Seconds of CPU of the engine's local hypervisor processes (testlab/hypervisor/local_process.py),
+    their own threads' only (the sandboxes and copies they start are counted as the lab's all the same)."""
+    total = 0.0
+    for pid, parent in _parents().items():
+        if parent == engine_pid and _is_local_hypervisor(pid):
+            total += own_cpu(pid)
+    return total
+
+
+def _is_local_hypervisor(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"testlab.hypervisor.local_server" in f.read()
+    except OSError:
+        return False
 
 
 def waited_cpu(pid: int) -> float:
@@ -314,6 +335,11 @@ class Round:
     engine_threads: Counter[str]
     pooled: bool = False
     engine_system: float = 0.0  # of engine_cpu, the kernel's
+    hypervisor_cpu: float = 0.0  # of lab_cpu, the local hypervisor process's own
+
+    @property
+    def hypervisor_ms(self) -> float:
+        return self.hypervisor_cpu / self.tasks * 1000
 
     @property
     def engine_system_ms(self) -> float:
@@ -348,6 +374,7 @@ def throughput(
         ids = submit_all(lab.settings, lab.jobs, jobs)
         (user_before, system_before), lab_before = user_and_system(lab.engine.pid), cpu.total()
         threads_before = thread_cpu(lab.engine.pid)
+        hypervisor_before = hypervisor_cpu(lab.engine.pid)
         started = time.time()
         wait_quiet(lab.settings, lab.engine, ids)
         ended = last_idle(lab.settings)
@@ -363,6 +390,7 @@ def throughput(
             threads,
             pooled,
             system - system_before,
+            hypervisor_cpu(lab.engine.pid) - hypervisor_before,
         )
     finally:
         lab.close()
@@ -471,6 +499,10 @@ def main() -> None:
             print(f"    of it the kernel's (system time):  {_spread(system, 'ms')}")
             print(f"    by thread (ms per task, all rounds): {_by_thread(runs)}")
             print(f"  lab CPU per task (sandboxes, agents): {_spread([r.lab_ms for r in runs], 'ms')}")
+            hypervisor = [r.hypervisor_ms for r in runs]
+            print(f"    of it the local hypervisor process: {_spread(hypervisor, 'ms')}")
+            both = [r.engine_ms + r.hypervisor_ms for r in runs]
+            print(f"  engine + local hypervisor process:   {_spread(both, 'ms')}")
         root = base / "idle"
         idle, latencies = idle_and_latency(root, database(root), cpu, args.idle_seconds, args.latency_runs)
         print(
