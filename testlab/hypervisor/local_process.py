@@ -2,9 +2,9 @@
 
 A libvirt host's domains are libvirtd's: the engine's call costs it one round trip, and the disks,
 processes and files of a revert are the hypervisor's work. A local host's were the engine's own, in its
-process: a revert's copies, process starts and kills, /proc scans and settings files took about as
-much of the engine's CPU as everything else a task costs it, and held the interpreter lock its event
-loop and database thread wait for. So the engine runs each local host's `LocalBackend` in a child
+process: a revert's copies, process starts and kills, /proc scans and settings files took a third
+of the engine's CPU per task (as much as its database thread), and held the interpreter lock its
+event loop and database thread wait for. So the engine runs each local host's `LocalBackend` in a child
 process (testlab/hypervisor/local_server.py) and calls it over a socket pair per calling thread
 (testlab/hypervisor/local_wire.py): the local hypervisor process is to the engine what libvirtd is.
 
