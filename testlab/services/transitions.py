@@ -91,13 +91,22 @@ def set_vm_status(
     task: Task | EditableRow | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Change a VM's status and record it; returns False (and records nothing) if it did not change."""
+    """Change a VM's status and record it; returns False (and records nothing) if it did not change.
+
+    The row changes before its event is written: an event's number is taken when it is written, so
+    an ORM row's change (written at the session's flush) is flushed first. A change that waits for another
+    writer's lock on the row (an administrator's, while the engine records a plan for the VM's host)
+    is then numbered after that writer's events, and the history read in order of its numbers is the
+    order the rows changed in. The engine's rows (EditableRow) are locked before they change."""
     if vm.status == new:
         return False
     now = now or utcnow()
-    record_event(session, "vm", reason, vm=vm, task=task, old=vm.status, new=new, now=now)
+    old = vm.status
     vm.status = new
     vm.status_changed = now
+    if isinstance(vm, VM):
+        session.flush()
+    record_event(session, "vm", reason, vm=vm, task=task, old=old, new=new, now=now)
     return True
 
 
