@@ -54,6 +54,7 @@ CLOSE_TIMEOUT = 30.0  # seconds a clean stop waits for the process to end its sp
 # The process imports modules as the engine did (its sys.path, given as the first argument): the same
 # testlab, whatever the working directory or installation. Not through PYTHONPATH, which the sandboxes
 # and the tasks they run would inherit.
+_DEADLINE_OF = {"revert_and_locate": "revert"}  # calls that are part of an operation with a deadline
 _SERVER = (
     "import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
     "from testlab.hypervisor.local_server import run; run(sys.argv[1:])"
@@ -146,17 +147,24 @@ class LocalProcessBackend(Backend):
 
     # ---- calls
 
+    def socket_timeout(self, op: str) -> float:
+        """Seconds a call waits for its answer: its operation's deadline (the host's, else the
+        default; a revert's for `revert_and_locate`), and a margin past the driver's."""
+        operation = _DEADLINE_OF.get(op, op)
+        seconds = self.deadlines().get(operation, DEFAULT_TIMEOUTS.get(operation, DEFAULT_TIMEOUTS["revert"]))
+        return seconds + SOCKET_MARGIN
+
     def _call(self, op: str, *args: Any) -> Any:
         connection = self._connection()
-        timeout = self.deadlines().get(op, DEFAULT_TIMEOUTS.get(op, DEFAULT_TIMEOUTS["revert"]))
+        timeout = self.socket_timeout(op)
         try:
-            connection.settimeout(timeout + SOCKET_MARGIN)
+            connection.settimeout(timeout)
             wire.send(connection, {"op": op, "args": list(args)})
             answer = wire.receive(connection)
         except TimeoutError:
             connection.close()
             raise OperationTimedOut(
-                f"{op}: the local hypervisor process did not answer within {timeout + SOCKET_MARGIN:g} s",
+                f"{op}: the local hypervisor process did not answer within {timeout:g} s",
                 host=self.host,
             ) from None
         except (OSError, ValueError) as error:

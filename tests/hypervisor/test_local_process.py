@@ -134,3 +134,13 @@ def test_bad_options_are_refused_when_it_is_built_and_the_process_waits_for_a_ca
         open_backend("local", "h", "local://relative", own_process=True)
     backend = open_backend("local", "h", f"local://{tmp_path}", own_process=True)
     assert isinstance(backend, LocalProcessBackend) and backend.pid is None
+
+
+def test_a_revert_waits_for_its_answer_as_long_as_the_host_s_revert_deadline(tmp_path: Path) -> None:
+    backend = open_backend(
+        "local", "h", f"local://{tmp_path}", {"timeouts": {"revert": "30m"}}, own_process=True
+    )
+    assert isinstance(backend, LocalProcessBackend)
+    assert backend.socket_timeout("revert") >= 1800
+    assert backend.socket_timeout("revert_and_locate") >= 1800  # what the engine calls for a revert
+    assert backend.socket_timeout("state") < 1800
