@@ -180,19 +180,24 @@ class LocalProcessBackend(Backend):
 
     def _connection(self) -> socket.socket:
         """An idle connection to the live process, or a new one (starting the process if it is not
-        running)."""
+        running). A process that is dying refuses the connection before it can be reaped (its files
+        close first): it is waited for and another started."""
         with self._lock:
             if self._process is not None and self._process.poll() is not None:
                 self._forget_process()
             if self._idle:
                 return self._idle.pop()
-            if self._process is None:
-                self._start()
-            assert self._control is not None
-            try:
-                return self._connect(self._control)
-            except OSError as error:
-                raise self._lost("connect", error) from None
+            for attempt in (1, 2):
+                if self._process is None:
+                    self._start()
+                assert self._control is not None and self._process is not None
+                try:
+                    return self._connect(self._control)
+                except OSError as error:
+                    if attempt == 2 or not _ended(self._process):
+                        raise self._lost("connect", error) from None
+                    self._forget_process()
+            raise AssertionError("unreachable")
 
     def _release(self, connection: socket.socket) -> None:
         with self._lock:
@@ -266,6 +271,14 @@ class LocalProcessBackend(Backend):
         if self._control is not None:
             self._control.close()
         self._process, self._control, self._idle = None, None, []
+
+
+def _ended(process: subprocess.Popen[bytes], within: float = 1.0) -> bool:
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _wait_or_kill(process: subprocess.Popen[bytes]) -> None:
